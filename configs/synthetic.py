@@ -1,0 +1,41 @@
+r"""synthetic_av: the embedded default dataset (no files, no download).
+
+  python launch.py --config=configs/synthetic.py:joint --workdir=/tmp/synth_joint
+  python launch.py --config=configs/synthetic.py:redreg,smoke --workdir=/tmp/smoke
+
+Methods: see `redreg_jax/methods.py` (joint, joint_star, redreg, redreg_star, ...).
+`smoke` shrinks data, width and epochs to run in well under a minute on a CPU.
+Audio dominates by construction (see `redreg_jax/synthetic.py`); the README's table
+gives what each method reaches and the command that produced it.
+"""
+
+import ml_collections
+
+from redreg_jax import config_lib
+from redreg_jax import synthetic
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, method="joint", smoke=False)
+  config_lib.check_method(arg.method)
+  c = config_lib.base_config(arg.method)
+  c.data = ml_collections.ConfigDict(dict(name="synthetic_av",
+                                          **vars(synthetic.SyntheticAVConfig())))
+  c.model.width = 0.25          # 16-32-64-128 channels: a CPU-sized ResNet-18.
+  c.num_epochs = 12
+  c.batch_size = 64
+  c.optim.lr = 0.01
+  c.optim.lr_decay_epochs = (8,)
+  if "warmup_epochs" in c.optim:
+    c.optim.warmup_epochs = 2
+  c.train.progress_every = 20
+  if arg.smoke:
+    c.data.num_train, c.data.num_validation, c.data.num_test = 256, 64, 64
+    c.model.width = 0.125
+    c.num_epochs = 3
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.optim.lr_decay_epochs = (2,)
+    c.train.progress_every = 8
+    c.train.checkpoint_every_steps = 16
+  return c

@@ -1,0 +1,52 @@
+"""Orbax checkpoints: the latest K for resuming, and the best on validation.
+
+Each checkpoint holds the whole train state (parameters, BatchNorm statistics, the
+optimizer state with every balancing transform's windows, EMAs, anchors and traces,
+the RNG key and the step) plus a small JSON of host-side bookkeeping. Orbax writes into
+a temporary directory and renames it when complete, so a crash mid-save leaves the
+previous checkpoint as the latest usable one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Latest-K checkpoints under DIR/checkpoints and the best one under DIR/best."""
+
+  def __init__(self, workdir: str, keep: int = 3):
+    opts = lambda k: ocp.CheckpointManagerOptions(max_to_keep=k, create=True,
+                                                  enable_async_checkpointing=False)
+    self.latest = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                        options=opts(keep))
+    self.best = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "best")),
+                                      options=opts(1))
+
+  def save(self, step: int, state: Any, meta: dict, *, best: bool = False):
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    manager = self.best if best else self.latest
+    if manager.latest_step() == step:
+      return
+    manager.save(step, args=args)
+    manager.wait_until_finished()
+
+  def latest_step(self, which: str = "latest") -> int | None:
+    return (self.best if which == "best" else self.latest).latest_step()
+
+  def restore(self, abstract_state: Any, which: str = "latest", step: int | None = None):
+    """Returns (state, meta) of the latest (or best) checkpoint, or None if there is none."""
+    manager = self.best if which == "best" else self.latest
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      return None
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return out.state, out.meta
+
+  def close(self):
+    self.latest.close()
+    self.best.close()

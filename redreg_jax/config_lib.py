@@ -1,0 +1,109 @@
+"""Config helpers shared by `configs/*.py` (big_vision-style `file.py:arg1,k=v`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from redreg_jax import methods
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses 'joint,smoke,k=v' into {'method': 'joint', 'smoke': True, 'k': 'v'}."""
+  out = dict(defaults)
+  for i, part in enumerate(p for p in (arg or "").split(",") if p):
+    if "=" in part:
+      k, v = part.split("=", 1)
+      out[k] = v
+    elif i == 0:
+      out["method"] = part
+    else:
+      out[part] = True
+  return ml_collections.ConfigDict(out)
+
+
+def base_config(method: str) -> ml_collections.ConfigDict:
+  """Fields every dataset config shares; `optim` carries the method's hyper-parameters."""
+  c = ml_collections.ConfigDict()
+  c.method = method
+  c.seed = 0
+  c.batch_size = 64
+  c.eval_batch_size = 128
+  c.num_epochs = 80
+  c.optim = methods.method_config(method)
+  c.model = ml_collections.ConfigDict(dict(fusion="concat", width=1.0, dtype="float32",
+                                           encoders={}))
+  c.train = ml_collections.ConfigDict(dict(
+      log_every_steps=1, progress_every=50, checkpoint_every_steps=500, keep_checkpoints=3,
+      skip_nonfinite=False, input_threads=2, device_prefetch=2))
+  return c
+
+
+def check_method(method: str):
+  if method not in methods.METHODS:
+    raise ValueError(f"Unknown method {method!r}; valid: {', '.join(sorted(methods.METHODS))}")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'path/to/file.py[:arg]' by calling the file's get_config(arg)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"Config file {path!r} not found (expected e.g. "
+                     "configs/synthetic.py:joint).")
+  module_spec = importlib.util.spec_from_file_location("_redreg_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _parse_value(text: str, old):
+  import ast  # pylint: disable=g-import-not-at-top
+  if isinstance(old, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"expected true/false, got {text!r}")
+  if isinstance(old, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if isinstance(old, tuple) and not isinstance(value, tuple):
+    value = (value,)
+  if old is not None and not isinstance(value, type(old)):
+    raise ValueError(f"expected a {type(old).__name__}, got {text!r}")
+  return value
+
+
+def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+  """Sets config.<dotted> from a command-line string; unknown fields raise ValueError."""
+  node, parts = config, dotted.split(".")
+  for i, part in enumerate(parts):
+    where = ".".join(parts[:i]) or "config"
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise ValueError(f"Unknown config field '{dotted}': {where} has no field {part!r}; "
+                       f"valid: {', '.join(valid)}")
+    if i < len(parts) - 1:
+      node = node[part]
+  try:
+    value = _parse_value(text, node[parts[-1]])
+  except ValueError as e:
+    raise ValueError(f"Bad value for config field '{dotted}': {e}") from None
+  with node.unlocked() if hasattr(node, "unlocked") else _nullctx():
+    node[parts[-1]] = value
+
+
+class _nullctx:  # pylint: disable=invalid-name
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False

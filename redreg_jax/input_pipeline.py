@@ -1,0 +1,173 @@
+"""Datasets and batching: random-access sources -> grain pipelines -> global device arrays.
+
+Every dataset offers, per split, a random-access *source* (`len` + `__getitem__`
+returning a dict of numpy arrays keyed by modality plus `'label'`) and optional
+per-example preprocessing `fn(example, rng) -> example`. The embedded `synthetic_av`
+is built here; the others live in the repository's `data/` folder (TFDS builders) and
+are imported by name.
+
+Batching is deterministic and resumable: the order of epoch e is a grain shuffle seeded
+by (seed, e), and global batch b of that epoch is made of the process-local batches
+b * P + p of the P processes (p = process index), so a run restarted at step s reads
+exactly the batches it would have read, and P processes together feed the same global
+batch as one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import queue
+import threading
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from redreg_jax import synthetic
+
+Preprocess = Callable[[dict, np.random.Generator], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  modalities: tuple[str, ...]
+  num_classes: int
+  shapes: Mapping[str, tuple[int, ...]]
+  class_names: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Dataset:
+  info: DatasetInfo
+  sources: Mapping[str, Any]               # split -> random-access source
+  preprocess: Mapping[bool, Preprocess | None]  # train? -> fn
+
+
+class ArraySource:
+  """Random-access source over in-memory arrays {key: [N, ...]}."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], keys: Sequence[str]):
+    self._arrays = {k: arrays[k] for k in keys}
+    self._n = len(arrays["label"])
+
+  def __len__(self):
+    return self._n
+
+  def __getitem__(self, i):
+    return {k: v[i] for k, v in self._arrays.items()}
+
+
+def get_dataset(data_cfg) -> Dataset:
+  """Builds the dataset named by `data_cfg.name`."""
+  name = data_cfg.name
+  if name == "synthetic_av":
+    cfg = synthetic.config_from(data_cfg)
+    cfg.validate()
+    splits = {s: synthetic.generate_split(cfg, s) for s in synthetic.SPLITS}
+    modalities = ("audio", "visual")
+    info = DatasetInfo(modalities, cfg.num_classes,
+                       {m: splits["train"][m].shape[1:] for m in modalities},
+                       tuple(f"class_{k}" for k in range(cfg.num_classes)))
+    sources = {s: ArraySource(a, modalities + ("label",)) for s, a in splits.items()}
+    return Dataset(info, sources, {True: None, False: None})
+  try:
+    module = importlib.import_module(f"data.{name}")
+  except ModuleNotFoundError as e:
+    raise ValueError(
+        f"Unknown dataset data.name={name!r}: no module data/{name}.py (run from the "
+        "repository root; known: synthetic_av, cremad, kinetics_sounds, cmu_mosi, "
+        "av_digits, folder).") from e
+  raw = module.info(data_cfg)
+  info = DatasetInfo(tuple(raw["modalities"]), int(raw["num_classes"]),
+                     {m: tuple(s) for m, s in raw["shapes"].items()},
+                     tuple(raw.get("class_names", ())))
+  sources = {s: module.load_split(data_cfg, s) for s in ("train", "validation", "test")}
+  return Dataset(info, sources, {t: module.make_preprocess(data_cfg, t) for t in (True, False)})
+
+
+def _select(keys):
+  return lambda ex: {k: ex[k] for k in keys}
+
+
+class _PaddedSource:
+  """Pads a source to `length` with copies of example 0 flagged by mask 0."""
+
+  def __init__(self, source, length):
+    self._source, self._n, self._length = source, len(source), length
+
+  def __len__(self):
+    return self._length
+
+  def __getitem__(self, i):
+    ex = dict(self._source[i if i < self._n else 0])
+    ex["mask"] = np.float32(i < self._n)
+    return ex
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  return num_examples // global_batch
+
+
+def train_batches(source, preprocess: Preprocess | None, keys: Sequence[str], *,
+                  global_batch: int, seed: int, epoch: int, start_batch: int = 0,
+                  num_threads: int = 2, prefetch: int = 4) -> Iterator[dict]:
+  """Process-local training batches of epoch `epoch`, from global batch `start_batch` on."""
+  p, n_proc = jax.process_index(), jax.process_count()
+  if global_batch % n_proc:
+    raise ValueError(f"batch size {global_batch} is not divisible by {n_proc} processes")
+  local = global_batch // n_proc
+  ds = grain.MapDataset.source(source).shuffle(seed=seed * 100_003 + epoch)
+  if preprocess is not None:
+    ds = ds.random_map(preprocess, seed=seed * 100_019 + epoch)
+  ds = ds.map(_select(keys))
+  num_batches = steps_per_epoch(len(source), global_batch)
+  ds = ds.batch(local, drop_remainder=True)[: num_batches * n_proc]
+  ds = ds[(start_batch * n_proc + p)::n_proc]
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                   prefetch_buffer_size=prefetch)))
+
+
+def eval_batches(source, preprocess: Preprocess | None, keys: Sequence[str], *,
+                 global_batch: int, seed: int = 0, num_threads: int = 2) -> Iterator[dict]:
+  """Process-local eval batches covering the split once, padded with mask 0."""
+  p, n_proc = jax.process_index(), jax.process_count()
+  local = global_batch // n_proc
+  n = len(source)
+  padded = -(-n // global_batch) * global_batch
+  ds = grain.MapDataset.source(_PaddedSource(source, padded))
+  if preprocess is not None:
+    # Seeded per index: evaluation sees the same inputs every time.
+    ds = ds.random_map(lambda ex, rng: {**preprocess(ex, rng), "mask": ex["mask"]}, seed=seed)
+  ds = ds.map(_select(tuple(keys) + ("mask",))).batch(local)[p::n_proc]
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                   prefetch_buffer_size=4)))
+
+
+def to_global(batch: Mapping[str, np.ndarray], sharding) -> dict:
+  """Assembles process-local numpy batches into global arrays sharded over `sharding`."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), dict(batch))
+
+
+def prefetch_to_device(iterator: Iterator[dict], sharding, size: int = 2) -> Iterator[dict]:
+  """Moves the next `size` batches to the devices from a background thread."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  sentinel = object()
+
+  def producer():
+    try:
+      for batch in iterator:
+        q.put(to_global(batch, sharding))
+    except BaseException as e:  # pylint: disable=broad-except
+      q.put(e)
+    q.put(sentinel)
+
+  threading.Thread(target=producer, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is sentinel:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item

@@ -1,0 +1,236 @@
+"""Flax models: ResNet-18 encoders, four fusions, heads and branch logits (SPEC §1, §6).
+
+Parameter layout (what label functions and transforms rely on):
+  params['encoder_<modality>']   one encoder per modality
+  params['fusion']               the fused classifier (a linear head inside the fusion)
+  params['head_<modality>']      optional unimodal heads Linear(d_m, K) (the "*" variants)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's ResNet init: Kaiming normal, fan_out, ReLU gain (SPEC §6).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# Xavier (Glorot) uniform for every linear layer (SPEC §6).
+dense_init = nn.initializers.xavier_uniform()
+
+RESNET18_WIDTHS = (64, 128, 256, 512)
+
+
+def _batch_norm(train: bool, dtype, name=None):
+  # PyTorch defaults: momentum 0.1 (flax: 0.9 on the running average), eps 1e-5.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, name=name)
+
+
+class BasicBlock(nn.Module):
+  """ResNet basic block: two 3x3 convolutions and a (projected) shortcut."""
+  filters: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
+                                         use_bias=False, kernel_init=conv_init,
+                                         dtype=self.dtype, name=name)
+    y = conv(self.filters, 3, self.strides, "conv1")(x)
+    y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+    y = conv(self.filters, 3, 1, "conv2")(y)
+    y = _batch_norm(train, self.dtype, "bn2")(y)
+    if x.shape[-1] != self.filters or self.strides != 1:
+      x = conv(self.filters, 1, self.strides, "proj_conv")(x)
+      x = _batch_norm(train, self.dtype, "proj_bn")(x)
+    return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 trunk; returns the last feature map [N, h, w, 512 * width]."""
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC, train: bool):
+    widths = [max(1, int(round(w * self.width))) for w in RESNET18_WIDTHS]
+    x = nn.Conv(widths[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+                kernel_init=conv_init, dtype=self.dtype, name="conv_init")(
+                    x_NxHxWxC.astype(self.dtype))
+    x = nn.relu(_batch_norm(train, self.dtype, "bn_init")(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    for stage, filters in enumerate(widths):
+      for block in range(2):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(filters, strides, self.dtype, name=f"stage{stage + 1}_block{block + 1}")(
+            x, train)
+    return x
+
+
+class ResNet18Encoder(nn.Module):
+  """Encoder phi_m: raw input -> (last feature map, pooled feature z_m).
+
+  Audio: [B, F, T, 1] spectrograms. Visual: [B, T, H, W, C] frames, folded into the
+  batch and average-pooled over time and space (SPEC §6).
+  """
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if x.ndim == 5:
+      b, t = x.shape[:2]
+      fmap = ResNet18(self.width, self.dtype, name="resnet")(x.reshape((b * t,) + x.shape[2:]),
+                                                            train)
+      fmap_BxTxhxwxD = fmap.reshape((b, t) + fmap.shape[1:])
+      pooled_BxD = jnp.mean(fmap_BxTxhxwxD.astype(jnp.float32), axis=(1, 2, 3))
+      return fmap_BxTxhxwxD, pooled_BxD
+    if x.ndim != 4:
+      raise ValueError(f"ResNet18Encoder expects [B,H,W,C] or [B,T,H,W,C] input, got {x.shape}")
+    fmap_BxhxwxD = ResNet18(self.width, self.dtype, name="resnet")(x, train)
+    return fmap_BxhxwxD, jnp.mean(fmap_BxhxwxD.astype(jnp.float32), axis=(1, 2))
+
+
+def make_encoder(kind: str, width: float, dtype, name=None, **kwargs) -> nn.Module:
+  """Builds an encoder module of the given kind."""
+  if kind == "resnet18":
+    return ResNet18Encoder(width=width, dtype=dtype, name=name)
+  if kind == "transformer":
+    from redreg_jax import transformer  # pylint: disable=g-import-not-at-top
+    return transformer.SequenceTransformerEncoder(dtype=dtype, name=name, **kwargs)
+  raise ValueError(f"Unknown encoder kind {kind!r}; valid: 'resnet18', 'transformer'.")
+
+
+# --------------------------------------------------------------------------------------
+# Fusions: each maps {modality: z_m [B, D_m]} -> fused logits [B, K].
+# The official OGM-GE code defines Sum/Concat/FiLM/Gated for two modalities; here they
+# take M >= 2. FiLM and gated condition on `modalities[0]` and modulate the others'
+# concatenation.
+# --------------------------------------------------------------------------------------
+
+
+class ConcatFusion(nn.Module):
+  num_classes: int
+  modalities: Sequence[str]
+
+  @nn.compact
+  def __call__(self, feats: Mapping[str, jax.Array]):
+    z = jnp.concatenate([feats[m] for m in self.modalities], axis=-1)
+    return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(z)
+
+
+class SumFusion(nn.Module):
+  num_classes: int
+  modalities: Sequence[str]
+
+  @nn.compact
+  def __call__(self, feats):
+    return sum(nn.Dense(self.num_classes, kernel_init=dense_init, name=f"fc_{m}")(feats[m])
+               for m in self.modalities)
+
+
+class FiLMFusion(nn.Module):
+  """Feature-wise linear modulation: gamma, beta from the first modality."""
+  num_classes: int
+  modalities: Sequence[str]
+  hidden: int = 0  # 0: the size of the modulated features.
+
+  @nn.compact
+  def __call__(self, feats):
+    cond = feats[self.modalities[0]]
+    target = jnp.concatenate([feats[m] for m in self.modalities[1:]], axis=-1)
+    gamma_beta = nn.Dense(2 * target.shape[-1], kernel_init=dense_init, name="film")(cond)
+    gamma, beta = jnp.split(gamma_beta, 2, axis=-1)
+    h = gamma * target + beta
+    if self.hidden:
+      h = nn.Dense(self.hidden, kernel_init=dense_init, name="hidden")(h)
+    return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(h)
+
+
+class GatedFusion(nn.Module):
+  """Sigmoid gate from the first modality on a projection of the others."""
+  num_classes: int
+  modalities: Sequence[str]
+  hidden: int = 0  # 0: the size of the gated features.
+
+  @nn.compact
+  def __call__(self, feats):
+    cond = feats[self.modalities[0]]
+    target = jnp.concatenate([feats[m] for m in self.modalities[1:]], axis=-1)
+    dim = self.hidden or target.shape[-1]
+    gate = nn.sigmoid(nn.Dense(dim, kernel_init=dense_init, name="gate")(cond))
+    value = nn.Dense(dim, kernel_init=dense_init, name="value")(target)
+    return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(gate * value)
+
+
+FUSIONS = {"concat": ConcatFusion, "sum": SumFusion, "film": FiLMFusion, "gated": GatedFusion}
+
+
+class MultimodalClassifier(nn.Module):
+  """Encoders + fusion + optional unimodal heads.
+
+  Returns a dict with
+    logits         [B, K] fused logits
+    branch_logits  {m: [B, K]} per-modality logits as SPEC §1 defines them
+    features       {m: [B, D_m]} pooled encoder features
+    unimodal_logits {m: [B, K]} (only with unimodal heads)
+  """
+  modalities: Sequence[str]
+  num_classes: int
+  fusion: str = "concat"
+  encoders: Mapping[str, Mapping[str, Any]] | None = None  # m -> {kind, width, ...}
+  width: float = 1.0
+  unimodal_heads: bool = False
+  branch_bias: str = "full"  # 'full': W_m z_m + b; 'split': W_m z_m + b/M (OGM/InfoReg)
+  dtype: Any = jnp.float32
+
+  @nn.nowrap
+  def encoder(self, m: str, name=None) -> nn.Module:
+    """The encoder of modality m; unbound, apply it with variables[...]['encoder_' + m]."""
+    spec = dict((self.encoders or {}).get(m, {}))
+    kind = spec.pop("kind", "resnet18")
+    width = spec.pop("width", self.width)
+    return make_encoder(kind, width, self.dtype, name=name, **spec)
+
+  @nn.compact
+  def __call__(self, inputs: Mapping[str, jax.Array], train: bool):
+    if self.fusion not in FUSIONS:
+      raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {sorted(FUSIONS)}")
+    feats = {}
+    for m in self.modalities:
+      _, feats[m] = self.encoder(m, name=f"encoder_{m}")(inputs[m], train)
+    fusion = FUSIONS[self.fusion](self.num_classes, tuple(self.modalities), name="fusion")
+    logits = fusion(feats)
+    out = {"logits": logits, "features": feats}
+    if self.unimodal_heads:
+      out["unimodal_logits"] = {
+          m: nn.Dense(self.num_classes, kernel_init=dense_init, name=f"head_{m}")(feats[m])
+          for m in self.modalities}
+      out["branch_logits"] = dict(out["unimodal_logits"])
+    else:
+      out["branch_logits"] = self._branch_logits(fusion, feats)
+    return out
+
+  def _branch_logits(self, fusion, feats):
+    """Fused head with every other modality's feature zeroed (SPEC §1)."""
+    zeros = {m: jnp.zeros_like(f) for m, f in feats.items()}
+    branch = {m: fusion({**zeros, m: feats[m]}) for m in self.modalities}
+    if self.branch_bias == "split":
+      # Shares the head's bias equally: W_m z_m + b/M for concat (OGM-GE, InfoReg).
+      bias = fusion(zeros)
+      frac = 1.0 - 1.0 / len(self.modalities)
+      branch = {m: v - frac * bias for m, v in branch.items()}
+    elif self.branch_bias != "full":
+      raise ValueError(f"Unknown branch_bias {self.branch_bias!r}; valid: 'full', 'split'.")
+    return branch
+
+
+def modality_labels(params) -> Any:
+  """Label tree: leaves of params['encoder_<m>'] -> m, every other leaf -> 'head'."""
+  def label(path, _):
+    top = getattr(path[0], "key", str(path[0]))
+    return top[len("encoder_"):] if top.startswith("encoder_") else "head"
+  return jax.tree_util.tree_map_with_path(label, params)

@@ -1,0 +1,482 @@
+"""Training and evaluation: one jitted, donated train step over a device mesh.
+
+Reads top to bottom: mesh, input, model + optimizer, shardings, update step,
+evaluation, checkpoints, loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from redreg_jax import checkpoint as ckpt_lib
+from redreg_jax import input_pipeline
+from redreg_jax import logger as log_lib
+from redreg_jax import methods as methods_lib
+from redreg_jax import metrics as metrics_lib
+from redreg_jax import models
+from redreg_jax.observations import Observations, dominant_modality, true_class_probs
+
+PyTree = Any
+
+
+class NonFiniteError(RuntimeError):
+  """A non-finite loss or gradient stopped the run."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array         # [] int32 global step
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  rng: jax.Array          # [2] uint32 base key; step keys are fold_in(rng, step)
+  skipped: jax.Array      # [] int32 steps skipped for non-finite values
+
+
+# ---------------------------------------------------------------------------------------
+# Model and optimizer.
+# ---------------------------------------------------------------------------------------
+
+def build_model(config, info: input_pipeline.DatasetInfo, method: methods_lib.Method):
+  mcfg = config.model
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(mcfg.dtype)
+  if dtype is None:
+    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {mcfg.dtype!r}")
+  encoders = {m: dict(spec) for m, spec in mcfg.get("encoders", {}).items()}
+  return models.MultimodalClassifier(
+      modalities=info.modalities, num_classes=info.num_classes, fusion=mcfg.fusion,
+      encoders=encoders, width=mcfg.width, unimodal_heads=method.unimodal_heads,
+      branch_bias=method.branch_bias, dtype=dtype)
+
+
+def dummy_inputs(info, batch: int = 2):
+  return {m: jnp.zeros((batch,) + tuple(info.shapes[m]), jnp.float32) for m in info.modalities}
+
+
+def cross_entropy(logits_BxK, labels_B, mask_B=None):
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits_BxK.astype(jnp.float32),
+                                                           labels_B)
+  if mask_B is None:
+    return jnp.mean(losses)
+  return jnp.sum(losses * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
+
+
+def modality_dropout(inputs, key, epoch, num_epochs, modalities):
+  """Official RedReg code: zero one whole modality of the batch with prob 0.6 -> 0.1.
+
+  The probability falls linearly over the first 30% of the epochs, then stays 0.1.
+  """
+  ramp = jnp.maximum(1.0, 0.3 * num_epochs)
+  prob = jnp.where(epoch < ramp, 0.6 - 0.5 * epoch / ramp, 0.1)
+  k_drop, k_which = jax.random.split(key)
+  drop = jax.random.uniform(k_drop) < prob
+  which = jax.random.randint(k_which, (), 0, len(modalities))
+  return {m: jnp.where(drop & (which == i), jnp.zeros_like(x), x)
+          for i, (m, x) in enumerate(inputs.items())}
+
+
+# ---------------------------------------------------------------------------------------
+# Update step.
+# ---------------------------------------------------------------------------------------
+
+def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_per_epoch: int,
+                    num_epochs: int, skip_nonfinite: bool = False, eps: float = 1e-12):
+  """Returns train_step(state, batch) -> (state, metrics), pure and jit-able."""
+  labels_fn = models.modality_labels
+
+  def twin_redundancy(m, params, batch_stats, x, key):
+    """RedReg Eq.17-20: both noisy copies in one inference-mode call, no gradient."""
+    enc = model.encoder(m)
+    variables = {"params": params[f"encoder_{m}"], "batch_stats": batch_stats[f"encoder_{m}"]}
+    noise = method.sigma * jax.random.normal(key, (2,) + x.shape, jnp.float32)
+    twins = jnp.concatenate([x + noise[0], x + noise[1]], axis=0)
+    fmap, _ = enc.apply(jax.lax.stop_gradient(variables), twins, train=False)
+    z1, z2 = jnp.split(fmap.astype(jnp.float32), 2, axis=0)
+    return jnp.mean((z1 - z2) ** 2) / (jnp.mean((noise[0] - noise[1]) ** 2) + eps)
+
+  def train_step(state: TrainState, batch):
+    epoch = state.step // steps_per_epoch
+    key = jax.random.fold_in(state.rng, state.step)
+    k_drop, k_twin, k_obs, k_md = jax.random.split(key, 4)
+    labels = batch["label"]
+    inputs = {m: batch[m] for m in modalities}
+    if method.modality_dropout:
+      inputs = modality_dropout(inputs, k_md, epoch, num_epochs, modalities)
+
+    def losses_fn(params):
+      out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, inputs,
+                                 train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+      losses = {"multimodal": cross_entropy(out["logits"], labels)}
+      if method.unimodal_heads:
+        losses["unimodal"] = sum(cross_entropy(out["unimodal_logits"][m], labels)
+                                 for m in modalities)
+      return losses, (out, mutated["batch_stats"])
+
+    if method.aux_grads:
+      # One forward pass and one VJP; the per-loss gradients come from two cotangents.
+      losses, vjp_fn, (out, new_bs) = jax.vjp(losses_fn, state.params, has_aux=True)
+      unit = lambda k: {n: jnp.asarray(float(n == k), l.dtype) for n, l in losses.items()}
+      per_loss = {k: vjp_fn(unit(k))[0] for k in losses}
+      grads = jax.tree.map(lambda *g: sum(g), *per_loss.values())
+      aux_grads = per_loss
+    else:
+      total = lambda p: (lambda l, a: (sum(l.values()), (l, a)))(*losses_fn(p))
+      (_, (losses, (out, new_bs))), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+      aux_grads = None
+    loss = sum(losses.values())
+
+    branch_logits = jax.lax.stop_gradient(out["branch_logits"])
+    features = jax.lax.stop_gradient(out["features"])
+    obs = Observations(branch_logits=branch_logits, labels=labels, features=features,
+                       epoch=epoch.astype(jnp.int32), rng=k_obs, aux_grads=aux_grads)
+    if method.twins != "none":
+      fns = [functools.partial(twin_redundancy, m, state.params, state.batch_stats,
+                               inputs[m], jax.random.fold_in(k_twin, i))
+             for i, m in enumerate(modalities)]
+      if method.twins == "all":
+        red = {m: fn() for m, fn in zip(modalities, fns)}
+        valid = {m: jnp.array(True) for m in modalities}
+      else:  # Only the dominant modality's score changes the update (SPEC §2 step 3).
+        dom = dominant_modality(true_class_probs(obs, modalities))
+        r = jax.lax.switch(dom, fns)
+        red = {m: r for m in modalities}
+        valid = {m: dom == i for i, m in enumerate(modalities)}
+      obs = obs._replace(redundancy=red, redundancy_valid=valid)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, observations=obs)
+    params = optax.apply_updates(state.params, updates)
+
+    # Non-finite guard: per-modality flags so the error can name the culprit.
+    labels_tree = labels_fn(grads)
+    groups = sorted(set(modalities) | {"head"})
+    finite = {g: jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x, l in zip(
+        jax.tree.leaves(grads), jax.tree.leaves(labels_tree)) if l == g] or [True]))
+              for g in groups}
+    finite["loss"] = jnp.isfinite(loss)
+    all_finite = jnp.all(jnp.stack(list(finite.values())))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
+                              opt_state=opt_state)
+    if skip_nonfinite:
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(all_finite, a, b), new, old)
+      new_state = state.replace(
+          step=state.step + 1, params=keep(params, state.params),
+          batch_stats=keep(new_bs, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
+          skipped=state.skipped + (~all_finite).astype(jnp.int32))
+
+    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in losses.items()},
+               "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == labels),
+               "grad_norm": optax.tree.norm(grads),
+               "finite": all_finite, **{f"finite_{g}": v for g, v in finite.items()}}
+    for m in modalities:
+      metrics[f"accuracy_{m}"] = jnp.mean(jnp.argmax(branch_logits[m], -1) == labels)
+    diag = optax.tree_utils.tree_get(opt_state, "diagnostics", default=None)
+    if diag:
+      metrics.update(diag)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model, modalities):
+  def eval_step(state: TrainState, batch):
+    inputs = {m: batch[m] for m in modalities}
+    out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, inputs,
+                      train=False)
+    return {"logits": out["logits"].astype(jnp.float32),
+            "branch_logits": jax.tree.map(lambda x: x.astype(jnp.float32), out["branch_logits"]),
+            "features": out["features"], "label": batch["label"], "mask": batch["mask"]}
+  return eval_step
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment object: everything built from a config, reusable by tests/benchmarks.
+# ---------------------------------------------------------------------------------------
+
+class Experiment:
+  """Builds dataset, mesh, model, optimizer and the jitted steps from a config."""
+
+  def __init__(self, config: ml_collections.ConfigDict, dataset=None, mesh=None):
+    self.config = config
+    self.dataset = dataset or input_pipeline.get_dataset(config.data)
+    self.info = self.dataset.info
+    self.modalities = self.info.modalities
+    n_train = len(self.dataset.sources["train"])
+    self.batch_size = int(config.batch_size)
+    self.mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",))
+    n_dev = self.mesh.devices.size
+    if self.batch_size % n_dev:
+      raise ValueError(f"config.batch_size={self.batch_size} must be divisible by the "
+                       f"{n_dev} devices of the mesh.")
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(n_train, self.batch_size)
+    if self.steps_per_epoch < 1:
+      raise ValueError(f"config.batch_size={self.batch_size} is larger than the training "
+                       f"split ({n_train} examples).")
+    self.num_epochs = int(config.num_epochs)
+    self.total_steps = self.num_epochs * self.steps_per_epoch
+    self.method = methods_lib.build_method(
+        config.method, config.optim, modalities=self.modalities,
+        param_labels=models.modality_labels, num_epochs=self.num_epochs)
+    self.model = build_model(config, self.info, self.method)
+    self.tx = methods_lib.build_optimizer(self.method, config.optim, self.steps_per_epoch)
+    self.repl = NamedSharding(self.mesh, P())
+    self.data_sharding = NamedSharding(self.mesh, P("data"))
+    self.step_fn = make_train_step(
+        self.model, self.tx, self.method, modalities=self.modalities,
+        steps_per_epoch=self.steps_per_epoch, num_epochs=self.num_epochs,
+        skip_nonfinite=bool(config.train.skip_nonfinite))
+    self.train_step = self.jit_train_step(self.step_fn)
+    self.eval_step = jax.jit(make_eval_step(self.model, self.modalities),
+                             in_shardings=(self.repl, self.data_sharding),
+                             out_shardings=self.repl)
+    self.keys = tuple(self.modalities) + ("label",)
+
+  def jit_train_step(self, step_fn):
+    """jit with the batch sharded over 'data', the state replicated and donated."""
+    return jax.jit(step_fn, in_shardings=(self.repl, self.data_sharding),
+                   out_shardings=(self.repl, self.repl), donate_argnums=0)
+
+  def init_state(self) -> TrainState:
+    def init(rng):
+      variables = self.model.init({"params": rng, "dropout": rng}, dummy_inputs(self.info),
+                                  train=False)
+      params, batch_stats = variables["params"], variables.get("batch_stats", {})
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                        opt_state=self.tx.init(params), rng=jax.random.PRNGKey(
+                            self.config.seed + 1), skipped=jnp.zeros((), jnp.int32))
+    return jax.jit(init, out_shardings=self.repl)(jax.random.PRNGKey(self.config.seed))
+
+  def train_batches(self, epoch: int, start_batch: int = 0):
+    it = input_pipeline.train_batches(
+        self.dataset.sources["train"], self.dataset.preprocess[True], self.keys,
+        global_batch=self.batch_size, seed=int(self.config.seed), epoch=epoch,
+        start_batch=start_batch, num_threads=int(self.config.train.input_threads))
+    return input_pipeline.prefetch_to_device(it, self.data_sharding,
+                                             int(self.config.train.device_prefetch))
+
+  def evaluate(self, state: TrainState, split: str, return_features: bool = False) -> dict:
+    eval_batch = int(self.config.get("eval_batch_size", self.batch_size))
+    it = input_pipeline.eval_batches(self.dataset.sources[split], self.dataset.preprocess[False],
+                                     self.keys, global_batch=eval_batch)
+    outs = []
+    for batch in input_pipeline.prefetch_to_device(it, self.data_sharding):
+      outs.append(jax.device_get(self.eval_step(state, batch)))
+    cat = lambda *xs: np.concatenate(xs, axis=0)
+    out = jax.tree.map(cat, *outs)
+    keep = out["mask"] > 0
+    out = jax.tree.map(lambda x: x[keep], out)
+    result = metrics_lib.classification_metrics(
+        out["logits"], out["label"], out["branch_logits"], self.info.num_classes,
+        self.modalities)
+    if return_features:
+      result["_outputs"] = out
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Loop.
+# ---------------------------------------------------------------------------------------
+
+def _config_json(config) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def _check_saved_config(workdir: str, config, allow_change: bool):
+  path = os.path.join(workdir, "config.json")
+  new = _config_json(config)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = f.read()
+    if old != new and not allow_change:
+      old_d, new_d = json.loads(old), json.loads(new)
+      diff = sorted(_flat_diff(old_d, new_d))
+      raise ValueError(
+          f"{workdir} holds a run with a different config ({', '.join(diff[:8])}). Use a new "
+          "--workdir, or pass --allow_config_change to resume with the new config.")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(new)
+    os.replace(tmp, path)
+
+
+def _flat_diff(a, b, prefix=""):
+  keys = set(a) | set(b) if isinstance(a, dict) and isinstance(b, dict) else set()
+  if not keys:
+    return [prefix.rstrip(".")] if a != b else []
+  out = []
+  for k in keys:
+    out += _flat_diff(a.get(k), b.get(k), f"{prefix}{k}.") if isinstance(a.get(k), dict) or \
+        isinstance(b.get(k), dict) else ([f"{prefix}{k}"] if a.get(k) != b.get(k) else [])
+  return out
+
+
+class _StopFlag:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. some test runners).
+        pass
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _host_scalars(metrics: Mapping[str, Any]) -> dict:
+  out = {}
+  for k, v in jax.device_get(dict(metrics)).items():
+    v = np.asarray(v)
+    out[k] = v.item() if v.ndim == 0 else v.tolist()
+  return out
+
+
+def _eval_record(step, epoch, split, res):
+  return {"step": step, "epoch": epoch, "split": split,
+          **{k: v for k, v in res.items() if not k.startswith("_")}}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict:
+  """Trains, evaluates on validation every epoch and on test at the end; returns the summary."""
+  t_start = time.time()
+  _check_saved_config(workdir, config, allow_config_change)
+  exp = Experiment(config)
+  logger = log_lib.MetricLogger(workdir)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
+  state = exp.init_state()
+  meta = {"best_accuracy": -1.0, "best_step": None, "best_epoch": None}
+  restored = ckpt.restore(state)
+  if restored is not None:
+    state, meta = restored
+    state = jax.device_put(state, exp.repl)
+    log_lib.info(f"Resumed from {workdir}/checkpoints at step {int(state.step)}.")
+  log_lib.info(f"method={config.method} data={config.data.name} devices={jax.device_count()} "
+               f"steps/epoch={exp.steps_per_epoch} epochs={exp.num_epochs}")
+
+  step = int(state.step)
+  progress = log_lib.Progress(exp.total_steps, step, every=int(config.train.progress_every))
+  ckpt_every = int(config.train.checkpoint_every_steps)
+  log_every = int(config.train.log_every_steps)
+  epoch_acc: dict[str, list] = {}
+  compile_s = None
+  pending = None  # (step, metrics) of the previous step, fetched one step late.
+
+  def handle(step_done, metrics):
+    host = _host_scalars(metrics)
+    if not host.pop("finite") and not config.train.skip_nonfinite:
+      bad = [k[len("finite_"):] for k, v in host.items() if k.startswith("finite_") and not v]
+      raise NonFiniteError(
+          f"Non-finite values at step {step_done} in {', '.join(bad)} (loss={host['loss']}). "
+          f"The last good checkpoint in {workdir}/checkpoints is intact. Lower the learning "
+          "rate, or set --config.train.skip_nonfinite=True to skip such steps.")
+    for k, v in host.items():
+      if not k.startswith("finite"):
+        epoch_acc.setdefault(k, []).append(v)
+    if step_done % log_every == 0:
+      logger.write({"step": step_done, "epoch": (step_done - 1) // exp.steps_per_epoch,
+                    "split": "train", **{k: v for k, v in host.items()
+                                         if not k.startswith("finite")}}, prefix="train/")
+
+  with _StopFlag() as stop:
+    while step < exp.total_steps:
+      epoch, start_batch = divmod(step, exp.steps_per_epoch)
+      for batch in exp.train_batches(epoch, start_batch):
+        t0 = time.time()
+        state, metrics = exp.train_step(state, batch)
+        if compile_s is None:
+          jax.block_until_ready(state.step)
+          compile_s = time.time() - t0
+        step += 1
+        if pending is not None:
+          handle(*pending)
+        pending = (step, metrics)
+        progress.update(step, f"epoch {epoch}")
+        if step % ckpt_every == 0 and step % exp.steps_per_epoch:
+          handle(*pending)
+          pending = None
+          ckpt.save(step, state, meta)
+        if stop.signal:
+          break
+      if pending is not None:
+        handle(*pending)
+        pending = None
+      if stop.signal:
+        ckpt.save(step, state, meta)
+        logger.flush()
+        log_lib.info(f"Stopped by {stop.signal} at step {step}; checkpoint saved. Resume with "
+                     f"the same command (same --workdir={workdir}).")
+        return {"stopped": stop.signal, "step": step}
+      # End of epoch: summary of the training scalars, validation, checkpoints.
+      ep_rec = {"step": step, "epoch": epoch, "split": "train_epoch",
+                **{k: float(np.mean(v)) for k, v in epoch_acc.items()
+                   if np.ndim(v[0]) == 0}}
+      if "gate_open" in epoch_acc:
+        ep_rec["gate_open_fraction"] = float(np.mean(epoch_acc["gate_open"]))
+      epoch_acc = {}
+      logger.write(ep_rec, prefix="train_epoch/")
+      res = exp.evaluate(state, "validation")
+      logger.write(_eval_record(step, epoch, "validation", res), prefix="validation/")
+      log_lib.info(f"epoch {epoch}: val acc {res['accuracy']:.4f} " + " ".join(
+          f"{m} {res[f'accuracy_{m}']:.4f}" for m in exp.modalities))
+      is_best = res["accuracy"] > meta["best_accuracy"]
+      if is_best:
+        meta = {"best_accuracy": res["accuracy"], "best_step": step, "best_epoch": epoch}
+      ckpt.save(step, state, meta)
+      if is_best:
+        ckpt.save(step, state, meta, best=True)
+      logger.flush()
+
+  # Final evaluation of the checkpoint chosen on validation (never on test).
+  best_state, _ = ckpt.restore(state, which="best")
+  best_state = jax.device_put(best_state, exp.repl)
+  summary = {"method": config.method, "dataset": config.data.name, "seed": int(config.seed),
+             "steps": step, "best_epoch": meta["best_epoch"], "best_step": meta["best_step"],
+             "compile_seconds": compile_s, "wall_seconds": time.time() - t_start,
+             "skipped_steps": int(state.skipped)}
+  for split in ("validation", "test"):
+    res = exp.evaluate(best_state, split)
+    logger.write(_eval_record(step, meta["best_epoch"], split, res), prefix=f"final_{split}/")
+    summary[split] = {k: v for k, v in res.items() if not k.startswith("_")}
+  logger.close()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+    print_summary(summary, exp.modalities)
+  return summary
+
+
+def print_summary(summary: dict, modalities) -> None:
+  """The final table on the console."""
+  cols = ["accuracy"] + [f"accuracy_{m}" for m in modalities] + ["macro_f1"]
+  print(f"\n{summary['method']} on {summary['dataset']} (seed {summary['seed']}), best "
+        f"epoch {summary['best_epoch']} chosen on validation; {summary['wall_seconds']:.0f}s")
+  print(f"{'split':<12}" + "".join(f"{c:>18}" for c in cols))
+  for split in ("validation", "test"):
+    print(f"{split:<12}" + "".join(f"{summary[split][c]:>18.4f}" for c in cols))
