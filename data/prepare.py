@@ -206,7 +206,7 @@ class SubsetSource:
 def not_prepared_error(name: str, builder, data_cfg, extra_flags: str = '') -> FileNotFoundError:
   """The error for a dataset that has no finished build under data_dir."""
   data_dir = cfg_get(data_cfg, 'data_dir')
-  manual = cfg_get(data_cfg, 'manual_dir', '<folder with your copy>')
+  manual = cfg_get(data_cfg, 'manual_dir', None) or '<folder with your copy>'
   return FileNotFoundError(
       f'{name} is not prepared: no finished build in {builder.data_dir} '
       f'(data_dir={data_dir}). Prepare it once with:\n'

@@ -26,6 +26,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
+  c.modalities = ()  # A subset of the dataset's modalities (unimodal baselines); () = all.
   c.batch_size = 64
   c.eval_batch_size = 128
   c.num_epochs = 80

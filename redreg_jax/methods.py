@@ -23,9 +23,11 @@ OPTIM_DEFAULTS = dict(lr=0.002, momentum=0.9, weight_decay=1e-4,
 _REDREG = dict(window=10, threshold=0.15, beta=0.9, gamma=0.5, tau_min=0.2, tau_max=0.5,
                eps=1e-12, warmup_epochs=2, redundancy_norm="ema", ema_momentum=0.9,
                projection="per_tensor", beta_schedule="constant",
-               reset_window_each_epoch=False, anchor="epoch", use_monitor=True,
+               reset_window_each_epoch=False, anchor="epoch", anchor_ema_decay=0.99,
+               use_monitor=True,
                use_gate=True, sigma=0.03, twins="dominant", modality_dropout=False)
-_INFOREG = dict(beta=0.9, threshold_k=0.04, moving_average=1, trace_modalities=())
+_INFOREG = dict(beta=0.9, threshold_k=0.04, moving_average=1, trace_modalities=(),
+                warmup_epochs=2)
 _OGM = dict(alpha=0.8, start_epoch=0, end_epoch=50)
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -43,7 +45,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "inforeg_star": dict(_INFOREG),
     # Official InfoReg code: audio trace only, 10-epoch moving averages, K = 0.05 (SPEC §3).
     "inforeg_official": dict(_INFOREG, threshold_k=0.05, moving_average=10,
-                             trace_modalities=("audio",)),
+                             trace_modalities=("audio",), warmup_epochs=0),
     "ogm": dict(_OGM),
     "ogm_ge": dict(_OGM),
     "mmpareto": dict(gamma=1.5),
@@ -63,6 +65,7 @@ class Method:
   branch_bias: str = "full"       # 'split' for OGM/InfoReg (SPEC §1)
   aux_grads: bool = False         # separate multimodal / unimodal grads (MMPareto)
   modality_dropout: bool = False  # official RedReg code's input dropout schedule
+  equal_features: bool = False    # needs one pooled feature size (RedReg Eq.22-23)
 
 
 def method_config(name: str) -> ml_collections.ConfigDict:
@@ -92,7 +95,7 @@ def build_method(name: str, optim: Mapping[str, Any], *, modalities, param_label
       raise ValueError(f"config.optim.twins must be 'dominant' or 'all', got {optim['twins']!r}")
     fn = lambda: redreg.redreg_transform(modalities, param_labels, num_epochs=num_epochs, **hp)
     return Method(name, star, fn, twins=optim["twins"], sigma=float(optim["sigma"]),
-                  modality_dropout=bool(optim["modality_dropout"]))
+                  modality_dropout=bool(optim["modality_dropout"]), equal_features=True)
   if name.startswith("inforeg"):
     from redreg_jax import inforeg  # pylint: disable=g-import-not-at-top
     hp = _pick(optim, _INFOREG)

@@ -97,10 +97,12 @@ class ResNet18Encoder(nn.Module):
 def make_encoder(kind: str, width: float, dtype, name=None, **kwargs) -> nn.Module:
   """Builds an encoder module of the given kind."""
   if kind == "resnet18":
+    if kwargs:
+      raise ValueError(f"Unknown resnet18 encoder option(s) {sorted(kwargs)}; valid: width.")
     return ResNet18Encoder(width=width, dtype=dtype, name=name)
   if kind == "transformer":
     from redreg_jax import transformer  # pylint: disable=g-import-not-at-top
-    return transformer.SequenceTransformerEncoder(dtype=dtype, name=name, **kwargs)
+    return transformer.SequenceTransformerEncoder(name=name, **kwargs)
   raise ValueError(f"Unknown encoder kind {kind!r}; valid: 'resnet18', 'transformer'.")
 
 

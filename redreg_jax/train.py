@@ -6,6 +6,7 @@ evaluation, checkpoints, loop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -93,20 +94,28 @@ def modality_dropout(inputs, key, epoch, num_epochs, modalities):
 # Update step.
 # ---------------------------------------------------------------------------------------
 
+def redundancy_from_twins(model, m, params, batch_stats, x, key, *, sigma: float,
+                          eps: float = 1e-12):
+  """Raw red_m (RedReg Eq.17-20) from two noisy copies of encoder m's input.
+
+  Both copies x + n1, x + n2 (n ~ N(0, sigma^2)) go through the encoder in one batched
+  inference-mode call: BatchNorm uses its running statistics and updates nothing, and
+  no gradient flows. The score compares the encoder's last feature maps.
+  """
+  enc = model.encoder(m)
+  variables = {"params": params[f"encoder_{m}"], "batch_stats": batch_stats[f"encoder_{m}"]}
+  noise = sigma * jax.random.normal(key, (2,) + x.shape, jnp.float32)
+  twins = jnp.concatenate([x + noise[0], x + noise[1]], axis=0)
+  fmap, _ = enc.apply(jax.lax.stop_gradient(variables), twins, train=False)
+  z1, z2 = jnp.split(fmap.astype(jnp.float32), 2, axis=0)
+  return jnp.mean((z1 - z2) ** 2) / (jnp.mean((noise[0] - noise[1]) ** 2) + eps)
+
+
 def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_per_epoch: int,
                     num_epochs: int, skip_nonfinite: bool = False, eps: float = 1e-12):
   """Returns train_step(state, batch) -> (state, metrics), pure and jit-able."""
   labels_fn = models.modality_labels
-
-  def twin_redundancy(m, params, batch_stats, x, key):
-    """RedReg Eq.17-20: both noisy copies in one inference-mode call, no gradient."""
-    enc = model.encoder(m)
-    variables = {"params": params[f"encoder_{m}"], "batch_stats": batch_stats[f"encoder_{m}"]}
-    noise = method.sigma * jax.random.normal(key, (2,) + x.shape, jnp.float32)
-    twins = jnp.concatenate([x + noise[0], x + noise[1]], axis=0)
-    fmap, _ = enc.apply(jax.lax.stop_gradient(variables), twins, train=False)
-    z1, z2 = jnp.split(fmap.astype(jnp.float32), 2, axis=0)
-    return jnp.mean((z1 - z2) ** 2) / (jnp.mean((noise[0] - noise[1]) ** 2) + eps)
+  twin_redundancy = functools.partial(redundancy_from_twins, model, sigma=method.sigma, eps=eps)
 
   def train_step(state: TrainState, batch):
     epoch = state.step // steps_per_epoch
@@ -213,6 +222,13 @@ class Experiment:
     self.config = config
     self.dataset = dataset or input_pipeline.get_dataset(config.data)
     self.info = self.dataset.info
+    chosen = tuple(config.get("modalities", ()) or ())
+    unknown = sorted(set(chosen) - set(self.info.modalities))
+    if unknown:
+      raise ValueError(f"config.modalities has {unknown}, not in the dataset's "
+                       f"{list(self.info.modalities)}.")
+    if chosen:  # Unimodal (or subset) baselines train only these encoders.
+      self.info = dataclasses.replace(self.info, modalities=chosen)
     self.modalities = self.info.modalities
     n_train = len(self.dataset.sources["train"])
     self.batch_size = int(config.batch_size)
@@ -231,6 +247,8 @@ class Experiment:
         config.method, config.optim, modalities=self.modalities,
         param_labels=models.modality_labels, num_epochs=self.num_epochs)
     self.model = build_model(config, self.info, self.method)
+    if self.method.equal_features:
+      self._check_equal_features()
     self.tx = methods_lib.build_optimizer(self.method, config.optim, self.steps_per_epoch)
     self.repl = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
@@ -243,6 +261,17 @@ class Experiment:
                              in_shardings=(self.repl, self.data_sharding),
                              out_shardings=self.repl)
     self.keys = tuple(self.modalities) + ("label",)
+
+  def _check_equal_features(self):
+    """Co-information compares pooled features across modalities: sizes must match."""
+    shapes = jax.eval_shape(
+        lambda: self.model.init_with_output(jax.random.key(0), dummy_inputs(self.info),
+                                            train=False)[0]["features"])
+    dims = {m: s.shape[-1] for m, s in shapes.items()}
+    if len(set(dims.values())) > 1:
+      raise ValueError(f"{self.method.name} needs one pooled feature size for every modality "
+                       f"(co-information, RedReg Eq.22-23); got {dims}. Set the encoders' "
+                       "widths (config.model.encoders.<m>.width / pooled_dim) to match.")
 
   def jit_train_step(self, step_fn):
     """jit with the batch sharded over 'data', the state replicated and donated."""
@@ -257,7 +286,10 @@ class Experiment:
       return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                         opt_state=self.tx.init(params), rng=jax.random.PRNGKey(
                             self.config.seed + 1), skipped=jnp.zeros((), jnp.int32))
-    return jax.jit(init, out_shardings=self.repl)(jax.random.PRNGKey(self.config.seed))
+    # Parameter init draws from an RBG key: identical values on every run and device
+    # count, and XLA compiles it in seconds where threefry over ~60 tensors takes ~40 s on CPU.
+    init_key = jax.random.key(self.config.seed, impl="rbg")
+    return jax.jit(init, out_shardings=self.repl)(init_key)
 
   def train_batches(self, epoch: int, start_batch: int = 0):
     it = input_pipeline.train_batches(
@@ -295,6 +327,7 @@ def _config_json(config) -> str:
 
 
 def _check_saved_config(workdir: str, config, allow_change: bool):
+  """Refuses a workdir whose saved config differs (unless allowed)."""
   path = os.path.join(workdir, "config.json")
   new = _config_json(config)
   if os.path.exists(path):
@@ -306,6 +339,12 @@ def _check_saved_config(workdir: str, config, allow_change: bool):
       raise ValueError(
           f"{workdir} holds a run with a different config ({', '.join(diff[:8])}). Use a new "
           "--workdir, or pass --allow_config_change to resume with the new config.")
+
+
+def _write_config(workdir: str, config):
+  """Writes the resolved config atomically (process 0)."""
+  path = os.path.join(workdir, "config.json")
+  new = _config_json(config)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
@@ -366,7 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains, evaluates on validation every epoch and on test at the end; returns the summary."""
   t_start = time.time()
   _check_saved_config(workdir, config, allow_config_change)
-  exp = Experiment(config)
+  exp = Experiment(config)  # Bad data or config fails here, before anything is written.
+  _write_config(workdir, config)
   logger = log_lib.MetricLogger(workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
   state = exp.init_state()

@@ -1,0 +1,33 @@
+r"""AV-digits: spoken digits (FSDD recordings) paired with scikit-learn's 8x8 digit images.
+
+  git clone https://github.com/Jakobovski/free-spoken-digit-dataset /path/to/fsdd
+  python -m data.av_digits --manual_dir=/path/to/fsdd --data_dir=~/tensorflow_datasets
+  python launch.py --config=configs/av_digits.py:redreg --workdir=runs/av_digits/redreg
+
+Audio: 1 s log-spectrogram (129 x 126); visual: the 8x8 image upsampled to 32x32 with
+Gaussian noise (std `visual_noise_std`) and a random occluding square
+(`visual_occlusion` of the area) that make it the weaker modality.
+"""
+
+import ml_collections
+
+from redreg_jax import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, method="joint", smoke=False)
+  config_lib.check_method(arg.method)
+  c = config_lib.base_config(arg.method)
+  c.data = ml_collections.ConfigDict(dict(
+      name="av_digits", data_dir="~/tensorflow_datasets", pair_seed=0, val_fraction=0.1,
+      image_size=32, interpolation="nearest", visual_noise_std=1.0, visual_occlusion=0.25,
+      audio_normalize=True, eval_seed=0))
+  c.model.width = 0.25
+  c.batch_size = 64
+  c.num_epochs = 12
+  c.optim.lr = 0.01
+  c.optim.lr_decay_epochs = (8,)
+  if arg.smoke:
+    c.num_epochs = 2
+    c.model.width = 0.125
+  return c

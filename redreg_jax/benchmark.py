@@ -1,0 +1,133 @@
+r"""Step-time benchmark: every method's median train-step time, measured in one run.
+
+  python -m redreg_jax.benchmark                       # default synthetic size
+  python -m redreg_jax.benchmark --shapes=cremad --batch_size=8 --width=1.0
+  python -m redreg_jax.benchmark --methods=joint,redreg --steps=50 --dtype=bfloat16
+
+Prints a table and, as its last line, one JSON object with each method's median
+seconds and its ratio to joint. It also times the input pipeline alone (host batches
+per second, no device work) so a slow loader shows up beside the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+DEFAULT_METHODS = ("joint", "joint_star", "redreg", "redreg_star", "redreg_no_monitor",
+                   "redreg_no_gate", "redreg_official", "inforeg", "inforeg_star", "ogm",
+                   "ogm_ge", "mmpareto")
+
+# Input shapes of the papers' CREMA-D setting (SPEC §6): 257x188 spectrogram, 3 frames.
+SHAPES = {
+    "synthetic": {},
+    "cremad": dict(audio_freq=257, audio_time=188, frames=3, image_size=224),
+}
+
+
+def _config(method: str, args):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, root)
+  from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top
+  c = synthetic_config.get_config(method)
+  c.data.update(SHAPES[args.shapes])
+  c.batch_size = args.batch_size or c.batch_size
+  # Enough examples for the timed steps plus warm-up, no more (CREMA-D shapes are big).
+  c.data.num_train = c.batch_size * (args.steps + args.warmup + 1)
+  c.data.num_validation = c.data.num_test = c.batch_size
+  if args.width:
+    c.model.width = args.width
+  c.model.dtype = args.dtype
+  # Regulation active from the first step, so the timed steps take its full path.
+  for k, v in (("warmup_epochs", 0), ("window", 2), ("start_epoch", 0)):
+    if k in c.optim:
+      c.optim[k] = v
+  return c
+
+
+def time_method(method: str, args, dataset=None):
+  """Returns (median seconds per step, compile seconds, the dataset for reuse)."""
+  from redreg_jax import train  # pylint: disable=g-import-not-at-top
+  exp = train.Experiment(_config(method, args), dataset=dataset)
+  state = exp.init_state()
+  batches = list(exp.train_batches(0))
+  t0 = time.perf_counter()
+  state, metrics = exp.train_step(state, batches[0])
+  jax.block_until_ready(state)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for i in range(args.warmup + args.steps):
+    batch = batches[(i + 1) % len(batches)]
+    t0 = time.perf_counter()
+    state, metrics = exp.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    if i >= args.warmup:
+      times.append(time.perf_counter() - t0)
+  return float(np.median(times)), compile_s, exp
+
+
+def time_input_pipeline(exp, num_batches: int) -> float:
+  """Samples per second of the host input pipeline alone (no device transfer)."""
+  from redreg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  it = input_pipeline.train_batches(
+      exp.dataset.sources["train"], exp.dataset.preprocess[True], exp.keys,
+      global_batch=exp.batch_size, seed=0, epoch=0,
+      num_threads=int(exp.config.train.input_threads))
+  n, t0 = 0, time.perf_counter()
+  for i, batch in enumerate(it):
+    n += len(batch["label"])
+    if i + 1 >= num_batches:
+      break
+  return n / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+  parser.add_argument("--shapes", choices=sorted(SHAPES), default="synthetic")
+  parser.add_argument("--batch_size", type=int, default=0, help="0: the config's (64)")
+  parser.add_argument("--width", type=float, default=0.0, help="0: the config's")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--warmup", type=int, default=3)
+  args = parser.parse_args(argv)
+  methods = [m for m in args.methods.split(",") if m]
+  if "joint" not in methods:
+    methods.insert(0, "joint")
+
+  results, dataset, pipeline_sps = {}, None, None
+  for method in methods:
+    median, compile_s, exp = time_method(method, args, dataset)
+    dataset = exp.dataset  # Same data for every method.
+    if pipeline_sps is None:
+      pipeline_sps = time_input_pipeline(exp, args.steps)
+    results[method] = {"median_s": median, "compile_s": compile_s,
+                       "samples_per_s": exp.batch_size / median}
+    print(f"  {method}: {median * 1e3:.1f} ms/step", file=sys.stderr, flush=True)
+  joint = results["joint"]["median_s"]
+  for r in results.values():
+    r["ratio_to_joint"] = r["median_s"] / joint
+
+  print(f"\nshapes={args.shapes} batch={exp.batch_size} width={exp.config.model.width} "
+        f"dtype={args.dtype} devices={jax.device_count()} ({jax.devices()[0].platform}) "
+        f"steps={args.steps}")
+  print(f"{'method':<20}{'median ms/step':>16}{'x joint':>10}{'samples/s':>12}{'compile s':>11}")
+  for m, r in results.items():
+    print(f"{m:<20}{r['median_s'] * 1e3:>16.1f}{r['ratio_to_joint']:>10.2f}"
+          f"{r['samples_per_s']:>12.1f}{r['compile_s']:>11.1f}")
+  print(f"{'input pipeline':<20}{'':>16}{'':>10}{pipeline_sps:>12.1f}")
+  print(json.dumps({"shapes": args.shapes, "batch_size": exp.batch_size, "dtype": args.dtype,
+                    "devices": jax.device_count(), "input_pipeline_samples_per_s": pipeline_sps,
+                    "methods": {m: {"median_s": round(r["median_s"], 6),
+                                    "ratio_to_joint": round(r["ratio_to_joint"], 4)}
+                                for m, r in results.items()}}))
+
+
+if __name__ == "__main__":
+  main()

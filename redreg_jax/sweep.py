@@ -1,0 +1,57 @@
+r"""Runs methods x seeds into a directory tree that `redreg_jax.report` reads.
+
+  python -m redreg_jax.sweep --config=configs/synthetic.py --methods=joint,redreg \
+      --seeds=0,1,2 --root=runs/synthetic [--set=num_epochs=6 ...]
+
+Each run is `python launch.py --config=CONFIG:METHOD --config.seed=S
+--workdir=ROOT/METHOD/seed_S`, one after another. A finished run (summary.json
+present) is skipped, an interrupted one resumes from its checkpoint, so re-running the
+same command completes a sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", required=True, help="e.g. configs/synthetic.py")
+  p.add_argument("--methods", required=True, help="comma-separated method names")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--root", required=True, help="output tree ROOT/METHOD/seed_S")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override for every run (repeatable)")
+  p.add_argument("--config_arg", default="", help="extra config arg, e.g. smoke")
+  args = p.parse_args(argv)
+  t0 = time.time()
+  for method in [m for m in args.methods.split(",") if m]:
+    for seed in [int(s) for s in args.seeds.split(",") if s]:
+      workdir = os.path.join(args.root, method, f"seed_{seed}")
+      if os.path.exists(os.path.join(workdir, "summary.json")):
+        print(f"[sweep] {method} seed {seed}: done, skipped", flush=True)
+        continue
+      spec = f"{args.config}:{method}" + (f",{args.config_arg}" if args.config_arg else "")
+      cmd = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={spec}",
+             f"--workdir={workdir}", f"--config.seed={seed}"]
+      cmd += [f"--config.{s}" for s in args.set]
+      print(f"[sweep] {' '.join(cmd[1:])}", flush=True)
+      t = time.time()
+      r = subprocess.run(cmd, cwd=ROOT, check=False)
+      if r.returncode != 0:
+        print(f"[sweep] {method} seed {seed} failed (exit {r.returncode}); stopping.",
+              file=sys.stderr)
+        return r.returncode
+      print(f"[sweep] {method} seed {seed}: {time.time() - t:.0f}s", flush=True)
+  print(f"[sweep] all done in {time.time() - t0:.0f}s", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
