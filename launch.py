@@ -11,41 +11,68 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 USAGE = """usage: python launch.py --config=FILE.py[:ARG] --workdir=DIR [--config.a.b=VALUE ...]
-                        [--allow_config_change]"""
+                        [--allow_config_change] [--eval_only[=best|latest]] [--split=test]
+                        [--distributed [--coordinator_address=HOST:PORT --num_processes=N
+                         --process_id=I]]
+
+--distributed initialises jax.distributed (multi-host). Without the three flags JAX reads
+the cluster from the environment (SLURM, Open MPI, Cloud TPU, or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
+
+_DIST_FLAGS = ("coordinator_address", "num_processes", "process_id")
 
 
 def parse_argv(argv):
-  """Returns (config_spec, workdir, overrides, allow_change)."""
-  spec = workdir = None
-  overrides, allow_change = [], False
+  """Returns a dict of the flags and the list of (field, value) config overrides."""
+  flags = {"config": None, "workdir": None, "allow_config_change": False, "eval_only": None,
+           "split": "test", "distributed": False}
+  overrides = []
   for a in argv:
     if a in ("-h", "--help"):
       print(USAGE)
       sys.exit(0)
-    if a == "--allow_config_change":
-      allow_change = True
-      continue
     key, eq, value = a.partition("=")
-    if not eq:
+    name = key[2:] if key.startswith("--") else None
+    if name in ("allow_config_change", "distributed") and not eq:
+      flags[name] = True
+    elif name == "eval_only":
+      flags[name] = value if eq else "best"
+      if flags[name] not in ("best", "latest"):
+        raise ValueError(f"--eval_only takes 'best' or 'latest', got {value!r}")
+    elif not eq:
       raise ValueError(f"Unexpected argument {a!r} (flags take the form --name=value).\n{USAGE}")
-    if key == "--config":
-      spec = value
-    elif key == "--workdir":
-      workdir = value
-    elif key.startswith("--config."):
-      overrides.append((key[len("--config."):], value))
+    elif name in ("config", "workdir", "split") or name in _DIST_FLAGS:
+      flags[name] = value
+    elif name and name.startswith("config."):
+      overrides.append((name[len("config."):], value))
     else:
       raise ValueError(f"Unknown flag {key!r}.\n{USAGE}")
-  if not spec or not workdir:
+  if not flags["config"] or not flags["workdir"]:
     raise ValueError(f"--config and --workdir are required.\n{USAGE}")
-  return spec, workdir, overrides, allow_change
+  return flags, overrides
+
+
+def init_distributed(flags):
+  """jax.distributed from flags, or from the cluster environment when none are given."""
+  import jax  # pylint: disable=g-import-not-at-top
+  given = {k: flags[k] for k in _DIST_FLAGS if k in flags}
+  if given and len(given) != len(_DIST_FLAGS):
+    raise ValueError("--coordinator_address, --num_processes and --process_id go together.")
+  # CPU processes (tests, CPU clusters) exchange collectives over gloo; GPUs use NCCL.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if given:
+    kwargs = dict(coordinator_address=given["coordinator_address"],
+                  num_processes=int(given["num_processes"]),
+                  process_id=int(given["process_id"]))
+  jax.distributed.initialize(**kwargs)
 
 
 def main(argv):
   from redreg_jax import config_lib  # pylint: disable=g-import-not-at-top
   try:
-    spec, workdir, overrides, allow_change = parse_argv(argv)
-    config = config_lib.load_config(spec)
+    flags, overrides = parse_argv(argv)
+    config = config_lib.load_config(flags["config"])
     for key, value in overrides:
       config_lib.apply_override(config, key, value)
     config.lock()
@@ -54,9 +81,16 @@ def main(argv):
     return 2
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if flags["distributed"]:
+    init_distributed(flags)
   from redreg_jax import train  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(config, workdir, allow_config_change=allow_change)
+    if flags["eval_only"]:
+      train.evaluate_checkpoint(config, flags["workdir"], which=flags["eval_only"],
+                                split=flags["split"])
+    else:
+      train.train_and_evaluate(config, flags["workdir"],
+                               allow_config_change=flags["allow_config_change"])
   except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

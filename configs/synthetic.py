@@ -4,7 +4,8 @@ r"""synthetic_av: the embedded default dataset (no files, no download).
   python launch.py --config=configs/synthetic.py:redreg,smoke --workdir=/tmp/smoke
 
 Methods: see `redreg_jax/methods.py` (joint, joint_star, redreg, redreg_star, ...).
-`smoke` shrinks data, width and epochs to run in well under a minute on a CPU.
+`smoke` shrinks data, width and epochs to run in well under a minute on a CPU; `tiny`
+shrinks further, for tests.
 Audio dominates by construction (see `redreg_jax/synthetic.py`); the README's table
 gives what each method reaches and the command that produced it.
 """
@@ -16,7 +17,7 @@ from redreg_jax import synthetic
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, method="joint", smoke=False)
+  arg = config_lib.parse_arg(arg, method="joint", smoke=False, tiny=False)
   config_lib.check_method(arg.method)
   c = config_lib.base_config(arg.method)
   c.data = ml_collections.ConfigDict(dict(name="synthetic_av",
@@ -38,4 +39,16 @@ def get_config(arg=None):
     c.optim.lr_decay_epochs = (2,)
     c.train.progress_every = 8
     c.train.checkpoint_every_steps = 16
+  if arg.tiny:  # For tests: the real code paths at toy sizes (a 4-channel ResNet-18).
+    c.data.update(num_train=64, num_validation=32, num_test=32, audio_freq=16, audio_time=16,
+                  frames=1, image_size=16, num_classes=4)
+    c.model.width = 1 / 16
+    c.batch_size = 16
+    c.eval_batch_size = 32
+    c.num_epochs = 2
+    c.optim.lr_decay_epochs = (1,)
+    c.train.progress_every = 1000
+    c.train.input_threads = 1
+    c.train.checkpoint_every_steps = 2
+    c.train.probe_every_steps = 2
   return c

@@ -23,6 +23,27 @@ def _jsonable(v):
   return v
 
 
+def truncate_records(workdir: str, step: int) -> None:
+  """Drops metrics.jsonl records after `step` (atomically), before a resumed run appends."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # A line cut short by a crash.
+    if int(rec.get("step", 0)) <= step:
+      keep.append(json.dumps(rec) + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
 class MetricLogger:
   """Writes one JSON object per record to DIR/metrics.jsonl and scalars to TensorBoard."""
 

@@ -21,30 +21,61 @@ import numpy as np
 
 
 def find_summaries(dirs):
-  runs = []
+  runs, seen = [], set()
   for d in dirs:
     if not os.path.isdir(d):
       raise FileNotFoundError(f"{d} is not a directory (pass workdirs or their parents).")
     for path in sorted(glob.glob(os.path.join(d, "**", "summary.json"), recursive=True)):
-      with open(path, encoding="utf-8") as f:
-        s = json.load(f)
+      if os.path.realpath(path) in seen:  # Nested or repeated dirs: count each run once.
+        continue
+      seen.add(os.path.realpath(path))
+      try:
+        with open(path, encoding="utf-8") as f:
+          s = json.load(f)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg}); delete it and re-run that "
+                         "workdir's command to rewrite it.") from None
       s["_path"] = os.path.dirname(path)
       runs.append(s)
   return runs
 
 
 def _modalities(run, split):
-  return sorted(k[len("accuracy_"):] for k in run[split] if k.startswith("accuracy_"))
+  return tuple(sorted(k[len("accuracy_"):] for k in run[split] if k.startswith("accuracy_")))
+
+
+def _groups(runs, split):
+  """{(dataset, method, modalities): runs}, and the modalities seen per dataset."""
+  groups = collections.OrderedDict()
+  all_mods = collections.defaultdict(set)
+  for r in runs:
+    # Unimodal baselines (config.modalities) share the method name: the modalities tell.
+    mods = _modalities(r, split)
+    all_mods[r["dataset"]].update(mods)
+    groups.setdefault((r["dataset"], r["method"], mods), []).append(r)
+  return groups, all_mods
+
+
+def duplicate_seed_warnings(runs, split="test"):
+  """One line per group where runs share a seed: their spread is not a spread over seeds."""
+  out = []
+  for (dataset, method, _), rs in _groups(runs, split)[0].items():
+    seeds = collections.Counter(r["seed"] for r in rs)
+    for seed, n in seeds.items():
+      if n > 1:
+        paths = ", ".join(r["_path"] for r in rs if r["seed"] == seed)
+        out.append(f"warning: {n} {method} runs on {dataset} share seed {seed} ({paths}); "
+                   "pass only one run per seed (e.g. one sweep root).")
+  return out
 
 
 def table_rows(runs, split="test"):
-  groups = collections.OrderedDict()
-  for r in runs:
-    groups.setdefault((r["dataset"], r["method"]), []).append(r)
+  groups, all_mods = _groups(runs, split)
   rows = []
-  for (dataset, method), rs in groups.items():
-    mods = _modalities(rs[0], split)
+  for (dataset, method, mods), rs in groups.items():
     cols = ["accuracy"] + [f"accuracy_{m}" for m in mods] + ["macro_f1"]
+    if set(mods) != all_mods[dataset]:
+      method = f"{method} [{'+'.join(mods)} only]"
     row = {"dataset": dataset, "method": method, "runs": len(rs),
            "seeds": ",".join(str(r["seed"]) for r in rs),
            "wall_s": float(np.mean([r["wall_seconds"] for r in rs]))}
@@ -59,35 +90,43 @@ def to_markdown(rows, split="test") -> str:
   out = []
   for dataset in dict.fromkeys(r["dataset"] for r in rows):
     rs = [r for r in rows if r["dataset"] == dataset]
-    metric_cols = [k for k in rs[0] if isinstance(rs[0][k], tuple)]
+    metric_cols = _metric_cols(rs)
     out.append(f"**{dataset}** ({split} split, %, mean ± std over seeds)\n")
     out.append("| method | " + " | ".join(metric_cols) + " | runs | wall s/run |")
     out.append("|---" * (len(metric_cols) + 3) + "|")
     for r in rs:
-      cells = [f"{r[c][0]:.2f} ± {r[c][1]:.2f}" for c in metric_cols]
+      cells = [f"{r[c][0]:.2f} ± {r[c][1]:.2f}" if c in r else "—" for c in metric_cols]
       out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['runs']} | "
                  f"{r['wall_s']:.0f} |")
     out.append("")
   return "\n".join(out)
 
 
+def _metric_cols(rows):
+  """(mean, std) columns over all rows (modality sets may differ): accuracies first."""
+  cols = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, tuple)))
+  return sorted(cols, key=lambda c: (not c.startswith("accuracy"), c != "accuracy"))
+
+
 def write_csv(rows, path):
-  keys = []
-  for r in rows:
-    for k in r:
-      if k not in keys:
-        keys.append(k)
+  ordered = _metric_cols(rows)
+  metric_cols = set(ordered)
+  keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in metric_cols]
+  keys = keys[:keys.index("wall_s")] + ordered + keys[keys.index("wall_s"):]
   with open(path, "w", newline="", encoding="utf-8") as f:
     w = csv.writer(f)
     header = []
     for k in keys:
-      header += [f"{k}_mean", f"{k}_std"] if isinstance(rows[0].get(k), tuple) else [k]
+      header += [f"{k}_mean", f"{k}_std"] if k in metric_cols else [k]
     w.writerow(header)
     for r in rows:
       line = []
       for k in keys:
-        v = r.get(k, "")
-        line += [f"{v[0]:.4f}", f"{v[1]:.4f}"] if isinstance(v, tuple) else [v]
+        v = r.get(k)
+        if k in metric_cols:
+          line += [f"{v[0]:.4f}", f"{v[1]:.4f}"] if v is not None else ["", ""]
+        else:
+          line.append("" if v is None else v)
       w.writerow(line)
 
 
@@ -100,13 +139,15 @@ def main(argv=None):
   args = p.parse_args(argv)
   try:
     runs = find_summaries(args.dirs)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if not runs:
     print(f"error: no summary.json found under {args.dirs}; run the sweep first.",
           file=sys.stderr)
     return 2
+  for w in duplicate_seed_warnings(runs, args.split):
+    print(w, file=sys.stderr)
   rows = table_rows(runs, args.split)
   md = to_markdown(rows, args.split)
   print(md)

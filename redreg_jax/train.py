@@ -24,6 +24,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from redreg_jax import checkpoint as ckpt_lib
+from redreg_jax import diagnostics
 from redreg_jax import input_pipeline
 from redreg_jax import logger as log_lib
 from redreg_jax import methods as methods_lib
@@ -232,11 +233,14 @@ class Experiment:
     self.modalities = self.info.modalities
     n_train = len(self.dataset.sources["train"])
     self.batch_size = int(config.batch_size)
+    self.eval_batch_size = int(config.eval_batch_size)
     self.mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",))
     n_dev = self.mesh.devices.size
-    if self.batch_size % n_dev:
-      raise ValueError(f"config.batch_size={self.batch_size} must be divisible by the "
-                       f"{n_dev} devices of the mesh.")
+    for field, size in (("batch_size", self.batch_size), ("eval_batch_size",
+                                                          self.eval_batch_size)):
+      if size % n_dev:
+        raise ValueError(f"config.{field}={size} must be divisible by the {n_dev} devices "
+                         "of the mesh.")
     self.steps_per_epoch = input_pipeline.steps_per_epoch(n_train, self.batch_size)
     if self.steps_per_epoch < 1:
       raise ValueError(f"config.batch_size={self.batch_size} is larger than the training "
@@ -262,6 +266,18 @@ class Experiment:
                              out_shardings=self.repl)
     self.keys = tuple(self.modalities) + ("label",)
 
+    self.rlc = jax.jit(lambda prev, cur: {
+        f"rlc_{m}": diagnostics.representation_logit_coupling(
+            prev["branch_logits"][m], cur["branch_logits"][m], prev["features"][m],
+            cur["features"][m]) for m in self.modalities})
+
+  def probe_batch(self):
+    """The fixed probe batch: the first evaluation batch of the validation split."""
+    it = input_pipeline.eval_batches(self.dataset.sources["validation"],
+                                     self.dataset.preprocess[False], self.keys,
+                                     global_batch=self.eval_batch_size)
+    return input_pipeline.to_global(next(it), self.data_sharding)
+
   def _check_equal_features(self):
     """Co-information compares pooled features across modalities: sizes must match."""
     shapes = jax.eval_shape(
@@ -278,18 +294,24 @@ class Experiment:
     return jax.jit(step_fn, in_shardings=(self.repl, self.data_sharding),
                    out_shardings=(self.repl, self.repl), donate_argnums=0)
 
+  def _init(self, rng) -> TrainState:
+    variables = self.model.init({"params": rng, "dropout": rng}, dummy_inputs(self.info),
+                                train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=self.tx.init(params),
+                      rng=jax.random.PRNGKey(self.config.seed + 1),
+                      skipped=jnp.zeros((), jnp.int32))
+
+  @functools.cached_property
+  def _jit_init(self):
+    return jax.jit(self._init, out_shardings=self.repl)
+
   def init_state(self) -> TrainState:
-    def init(rng):
-      variables = self.model.init({"params": rng, "dropout": rng}, dummy_inputs(self.info),
-                                  train=False)
-      params, batch_stats = variables["params"], variables.get("batch_stats", {})
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                        opt_state=self.tx.init(params), rng=jax.random.PRNGKey(
-                            self.config.seed + 1), skipped=jnp.zeros((), jnp.int32))
-    # Parameter init draws from an RBG key: identical values on every run and device
-    # count, and XLA compiles it in seconds where threefry over ~60 tensors takes ~40 s on CPU.
-    init_key = jax.random.key(self.config.seed, impl="rbg")
-    return jax.jit(init, out_shardings=self.repl)(init_key)
+    """The initial state, replicated over the mesh (compiled once per Experiment)."""
+    # Parameter init draws from an RBG key: deterministic, and XLA compiles it in seconds
+    # where threefry over ~60 tensors takes ~40 s on a CPU.
+    return self._jit_init(jax.random.key(self.config.seed, impl="rbg"))
 
   def train_batches(self, epoch: int, start_batch: int = 0):
     it = input_pipeline.train_batches(
@@ -300,9 +322,8 @@ class Experiment:
                                              int(self.config.train.device_prefetch))
 
   def evaluate(self, state: TrainState, split: str, return_features: bool = False) -> dict:
-    eval_batch = int(self.config.get("eval_batch_size", self.batch_size))
     it = input_pipeline.eval_batches(self.dataset.sources[split], self.dataset.preprocess[False],
-                                     self.keys, global_batch=eval_batch)
+                                     self.keys, global_batch=self.eval_batch_size)
     outs = []
     for batch in input_pipeline.prefetch_to_device(it, self.data_sharding):
       outs.append(jax.device_get(self.eval_step(state, batch)))
@@ -407,15 +428,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   _check_saved_config(workdir, config, allow_config_change)
   exp = Experiment(config)  # Bad data or config fails here, before anything is written.
   _write_config(workdir, config)
-  logger = log_lib.MetricLogger(workdir)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
   state = exp.init_state()
   meta = {"best_accuracy": -1.0, "best_step": None, "best_epoch": None}
+  epoch_acc: dict[str, list] = {}  # This epoch's per-step scalars (checkpointed in meta).
   restored = ckpt.restore(state)
   if restored is not None:
     state, meta = restored
     state = jax.device_put(state, exp.repl)
+    epoch_acc = meta.pop("epoch_acc", {})
+    # Records written after the checkpoint are replayed by the resumed run.
+    log_lib.truncate_records(workdir, int(state.step))
     log_lib.info(f"Resumed from {workdir}/checkpoints at step {int(state.step)}.")
+  summary_path = os.path.join(workdir, "summary.json")
+  if int(state.step) >= exp.total_steps and os.path.exists(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      summary = json.load(f)
+    log_lib.info(f"{workdir} holds a finished run; its summary:")
+    print_summary(summary, exp.modalities)
+    ckpt.close()
+    return summary
+  logger = log_lib.MetricLogger(workdir)
   log_lib.info(f"method={config.method} data={config.data.name} devices={jax.device_count()} "
                f"steps/epoch={exp.steps_per_epoch} epochs={exp.num_epochs}")
 
@@ -423,9 +456,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = log_lib.Progress(exp.total_steps, step, every=int(config.train.progress_every))
   ckpt_every = int(config.train.checkpoint_every_steps)
   log_every = int(config.train.log_every_steps)
-  epoch_acc: dict[str, list] = {}
   compile_s = None
   pending = None  # (step, metrics) of the previous step, fetched one step late.
+  # RLC (RedReg Fig. 1/3) on a fixed probe batch every `probe_every_steps` steps.
+  probe_every = int(config.train.probe_every_steps)
+  if probe_every > 0:
+    probe_batch = exp.probe_batch()
+    probe_prev = exp.eval_step(state, probe_batch)  # Same shapes as evaluation: one compile.
 
   def handle(step_done, metrics):
     host = _host_scalars(metrics)
@@ -453,6 +490,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           jax.block_until_ready(state.step)
           compile_s = time.time() - t0
         step += 1
+        if probe_every > 0 and step % probe_every == 0:
+          probe_now = exp.eval_step(state, probe_batch)
+          metrics = {**metrics, **exp.rlc(probe_prev, probe_now)}
+          probe_prev = probe_now
         if pending is not None:
           handle(*pending)
         pending = (step, metrics)
@@ -460,14 +501,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if step % ckpt_every == 0 and step % exp.steps_per_epoch:
           handle(*pending)
           pending = None
-          ckpt.save(step, state, meta)
+          ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
         if stop.signal:
           break
       if pending is not None:
         handle(*pending)
         pending = None
       if stop.signal:
-        ckpt.save(step, state, meta)
+        ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
         logger.flush()
         log_lib.info(f"Stopped by {stop.signal} at step {step}; checkpoint saved. Resume with "
                      f"the same command (same --workdir={workdir}).")
@@ -487,9 +528,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       is_best = res["accuracy"] > meta["best_accuracy"]
       if is_best:
         meta = {"best_accuracy": res["accuracy"], "best_step": step, "best_epoch": epoch}
-      ckpt.save(step, state, meta)
-      if is_best:
+      if is_best:  # Best first: a crash between the two saves replays this epoch.
         ckpt.save(step, state, meta, best=True)
+      ckpt.save(step, state, meta)
       logger.flush()
 
   # Final evaluation of the checkpoint chosen on validation (never on test).
@@ -510,6 +551,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       json.dump(summary, f, indent=2)
     print_summary(summary, exp.modalities)
   return summary
+
+
+def evaluate_checkpoint(config, workdir: str, which: str = "best", split: str = "test") -> dict:
+  """Evaluates the best (or latest) checkpoint of a workdir on one split or 'all'."""
+  exp = Experiment(config)
+  ckpt = ckpt_lib.Checkpointer(workdir)
+  restored = ckpt.restore(exp.init_state(), which=which)
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"No {which} checkpoint in {workdir}; train first with "
+                            f"python launch.py --config=... --workdir={workdir}")
+  state = jax.device_put(restored[0], exp.repl)
+  splits = ("train", "validation", "test") if split == "all" else (split,)
+  unknown = [s for s in splits if s not in exp.dataset.sources]
+  if unknown:
+    raise ValueError(f"Unknown split {unknown[0]!r}; valid: train, validation, test, all.")
+  results = {s: {k: v for k, v in exp.evaluate(state, s).items() if not k.startswith("_")}
+             for s in splits}
+  if jax.process_index() == 0:
+    cols = ["accuracy"] + [f"accuracy_{m}" for m in exp.modalities] + ["macro_f1"]
+    print(f"{which} checkpoint of {workdir} (step {int(state.step)})")
+    print(f"{'split':<12}" + "".join(f"{c:>18}" for c in cols))
+    for s, res in results.items():
+      print(f"{s:<12}" + "".join(f"{res[c]:>18.4f}" for c in cols))
+  return results
 
 
 def print_summary(summary: dict, modalities) -> None:

@@ -1,0 +1,56 @@
+"""Bad input gets one clear error and loses nothing: NaN losses, missing data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from redreg_jax import checkpoint as ckpt_lib
+from redreg_jax import train
+from tests.helpers import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(spec, workdir, *extra):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={spec}",
+                         f"--workdir={workdir}", *extra], cwd=ROOT, capture_output=True,
+                        text=True, timeout=900)
+
+
+def test_nonfinite_loss_stops_with_named_step_and_keeps_last_good_checkpoint(tmp_path):
+  # lr 1e3 blows up within the first epoch; checkpoints every 2 steps before that.
+  r = _launch("configs/synthetic.py:joint,smoke,tiny", tmp_path, "--config.optim.lr=1e3",
+              "--config.optim.momentum=0.99")
+  assert r.returncode == 1, r.stderr[-2000:]
+  line = [l for l in r.stderr.splitlines() if l.startswith("error:")][0]
+  assert "Non-finite values at step" in line and "skip_nonfinite" in r.stderr
+  assert any(m in line for m in ("audio", "visual", "head", "loss"))
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path))
+  latest = ckpt.latest_step()
+  if latest is not None:  # Whatever was saved is finite.
+    exp = train.Experiment(tiny_config("joint"))
+    state, _ = ckpt.restore(exp.init_state())
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+  ckpt.close()
+  assert not (tmp_path / "summary.json").exists()
+
+
+def test_skip_nonfinite_counts_skipped_steps(tmp_path):
+  r = _launch("configs/synthetic.py:joint,smoke,tiny", tmp_path, "--config.optim.lr=1e3",
+              "--config.optim.momentum=0.99", "--config.train.skip_nonfinite=true")
+  assert r.returncode == 0, r.stderr[-2000:]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["skipped_steps"] > 0
+
+
+def test_missing_dataset_names_folder_and_command(tmp_path):
+  r = _launch("configs/cremad.py:joint", tmp_path / "run",
+              f"--config.data.data_dir={tmp_path / 'tfds'}")
+  assert r.returncode == 1
+  assert "cremad is not prepared" in r.stderr and "python -m data.prepare cremad" in r.stderr
+  assert str(tmp_path / "tfds") in r.stderr
+  assert not (tmp_path / "run").exists()  # Nothing written.
