@@ -501,6 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if step % ckpt_every == 0 and step % exp.steps_per_epoch:
           handle(*pending)
           pending = None
+          logger.flush()  # Everything up to a checkpoint is on disk before it exists.
           ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
         if stop.signal:
           break
@@ -508,8 +509,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         handle(*pending)
         pending = None
       if stop.signal:
-        ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
         logger.flush()
+        ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
         log_lib.info(f"Stopped by {stop.signal} at step {step}; checkpoint saved. Resume with "
                      f"the same command (same --workdir={workdir}).")
         return {"stopped": stop.signal, "step": step}
@@ -528,6 +529,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       is_best = res["accuracy"] > meta["best_accuracy"]
       if is_best:
         meta = {"best_accuracy": res["accuracy"], "best_step": step, "best_epoch": epoch}
+      logger.flush()
       if is_best:  # Best first: a crash between the two saves replays this epoch.
         ckpt.save(step, state, meta, best=True)
       ckpt.save(step, state, meta)
