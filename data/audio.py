@@ -549,3 +549,26 @@ def frames_to_clip(frames: Sequence[bytes], *, train: bool, rng: np.random.Gener
       img = resize(img, image_size)
     out[slot] = np.asarray(img, np.uint8)
   return normalize_imagenet(out)
+
+
+def make_av_preprocess(data_cfg, train: bool):
+  """fn(example, rng) -> {'audio': [F,T,1], 'visual': [T,S,S,3] float32, 'label': int32}.
+
+  Shared by the audio-visual clip datasets (CREMA-D, Kinetics-Sounds): the stored
+  spectrogram gains a channel axis; frames are sampled, cropped (train: random-resized
+  crop + flip) or resized (eval) and ImageNet-normalised by `frames_to_clip`.
+  """
+  from data import prepare as prep  # pylint: disable=g-import-not-at-top
+  num_frames = int(prep.cfg_get(data_cfg, 'num_frames', 3))
+  size = int(prep.cfg_get(data_cfg, 'image_size', 224))
+  consistent = bool(prep.cfg_get(data_cfg, 'consistent_crop', False))
+
+  def preprocess(example: dict, rng: np.random.Generator | None = None) -> dict:
+    if train and rng is None:
+      raise ValueError('the train preprocessing draws crops and frames: pass an rng')
+    audio = np.asarray(example['audio'], np.float32)[..., None]
+    visual = frames_to_clip(list(example['frames']), train=train, rng=rng,
+                            num_frames=num_frames, image_size=size, consistent_crop=consistent)
+    return {'audio': audio, 'visual': visual, 'label': np.int32(example['label'])}
+
+  return preprocess

@@ -344,17 +344,4 @@ def load_split(data_cfg, split: str) -> prep.SubsetSource:
 
 def make_preprocess(data_cfg, train: bool):
   """fn(example, rng) -> {'audio': [1024,128,1], 'visual': [T,S,S,3] float32, 'label': int32}."""
-  num_frames = int(prep.cfg_get(data_cfg, 'num_frames', 3))
-  size = int(prep.cfg_get(data_cfg, 'image_size', 224))
-  consistent = bool(prep.cfg_get(data_cfg, 'consistent_crop', False))
-
-  def preprocess(example: dict, rng: np.random.Generator | None = None) -> dict:
-    if train and rng is None:
-      raise ValueError('the train preprocessing draws crops and frames: pass an rng')
-    fbank = np.asarray(example['audio'], np.float32)[..., None]
-    visual = media.frames_to_clip(list(example['frames']), train=train, rng=rng,
-                                  num_frames=num_frames, image_size=size,
-                                  consistent_crop=consistent)
-    return {'audio': fbank, 'visual': visual, 'label': np.int32(example['label'])}
-
-  return preprocess
+  return media.make_av_preprocess(data_cfg, train)
