@@ -30,6 +30,8 @@ def get_config(arg=None):
   c.optim.lr_decay_epochs = (20,)
   if "end_epoch" in c.optim:
     c.optim.end_epoch = 20
+  if "kernel_filter" in c.optim:  # OGM: Transformers have no conv kernels to modulate.
+    c.optim.kernel_filter = "all_kernels"
   if arg.smoke:
     c.num_epochs = 3
   return c

@@ -28,7 +28,8 @@ _REDREG = dict(window=10, threshold=0.15, beta=0.9, gamma=0.5, tau_min=0.2, tau_
                use_gate=True, sigma=0.03, twins="dominant", modality_dropout=False)
 _INFOREG = dict(beta=0.9, threshold_k=0.04, moving_average=1, trace_modalities=(),
                 warmup_epochs=2)
-_OGM = dict(alpha=0.8, start_epoch=0, end_epoch=50)
+# kernel_filter: which encoder gradients OGM modulates (see `OGM_KERNEL_FILTERS`).
+_OGM = dict(alpha=0.8, start_epoch=0, end_epoch=50, kernel_filter="conv")
 
 METHODS: dict[str, dict[str, Any]] = {
     "joint": dict(),
@@ -50,6 +51,16 @@ METHODS: dict[str, dict[str, Any]] = {
     "ogm_ge": dict(_OGM),
     "mmpareto": dict(gamma=1.5),
 }
+
+
+def _all_kernels(path, leaf) -> bool:
+  """Every weight tensor: leaves named 'kernel' with >= 2 dims (Dense, attention, conv)."""
+  return bool(path) and getattr(path[-1], "key", None) == "kernel" and leaf.ndim >= 2
+
+
+# OGM-GE modulates convolution kernels (SPEC §4); Transformer encoders (CMU-MOSI) have
+# none, so 'all_kernels' extends it to their Dense and attention kernels.
+OGM_KERNEL_FILTERS = {"conv": None, "all_kernels": _all_kernels}  # None: ogm's default.
 
 STAR_METHODS = {"joint_star", "redreg_star", "inforeg_star", "mmpareto"}
 
@@ -105,8 +116,13 @@ def build_method(name: str, optim: Mapping[str, Any], *, modalities, param_label
   if name in ("ogm", "ogm_ge"):
     from redreg_jax import ogm  # pylint: disable=g-import-not-at-top
     hp = _pick(optim, _OGM)
+    choice = hp.pop("kernel_filter")
+    if choice not in OGM_KERNEL_FILTERS:
+      raise ValueError(f"config.optim.kernel_filter must be one of {sorted(OGM_KERNEL_FILTERS)} "
+                       f"('all_kernels' for Transformer encoders), got {choice!r}")
     fn = lambda: ogm.ogm_ge_transform(modalities, param_labels,
-                                      gaussian_noise=(name == "ogm_ge"), **hp)
+                                      gaussian_noise=(name == "ogm_ge"),
+                                      kernel_filter=OGM_KERNEL_FILTERS[choice], **hp)
     return Method(name, star, fn, branch_bias="split")
   if name == "mmpareto":
     from redreg_jax import mmpareto  # pylint: disable=g-import-not-at-top

@@ -8,10 +8,16 @@ keeps XLA's defaults).
 
 import os
 import sys
+import tempfile
 
 _FLAGS = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
           "--xla_llvm_disable_expensive_passes=true")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAGS).strip()
+# One persistent compilation cache for the session, its xdist workers and the launch.py
+# subprocesses they start: the same tiny step is compiled once, not once per process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"redreg_jax_test_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")

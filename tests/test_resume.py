@@ -108,3 +108,14 @@ def test_changed_config_refused_unless_allowed(tmp_path):
   assert r.returncode != 0
   assert "different config (optim.lr)" in r.stderr and "--allow_config_change" in r.stderr
   assert (workdir / "config.json").read_text() == before
+  # --eval_only evaluates a saved checkpoint on any split and prints the metrics table.
+  r = subprocess.run(_cmd("joint", workdir, "--config.num_epochs=1", "--eval_only=best",
+                          "--split=all"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = {l.split()[0]: l.split()[1:] for l in r.stdout.splitlines() if l.strip()}
+  assert {"train", "validation", "test"} <= set(rows)
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert abs(float(rows["test"][0]) - summary["test"]["accuracy"]) < 1e-4
+  r = subprocess.run(_cmd("joint", tmp_path / "empty", "--eval_only"), cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1 and "No best checkpoint" in r.stderr
