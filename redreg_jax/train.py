@@ -104,7 +104,9 @@ def redundancy_from_twins(model, m, params, batch_stats, x, key, *, sigma: float
   no gradient flows. The score compares the encoder's last feature maps.
   """
   enc = model.encoder(m)
-  variables = {"params": params[f"encoder_{m}"], "batch_stats": batch_stats[f"encoder_{m}"]}
+  variables = {"params": params[f"encoder_{m}"]}
+  if f"encoder_{m}" in batch_stats:  # Transformers have no BatchNorm.
+    variables["batch_stats"] = batch_stats[f"encoder_{m}"]
   noise = sigma * jax.random.normal(key, (2,) + x.shape, jnp.float32)
   twins = jnp.concatenate([x + noise[0], x + noise[1]], axis=0)
   fmap, _ = enc.apply(jax.lax.stop_gradient(variables), twins, train=False)
@@ -234,7 +236,10 @@ class Experiment:
     n_train = len(self.dataset.sources["train"])
     self.batch_size = int(config.batch_size)
     self.eval_batch_size = int(config.eval_batch_size)
-    self.mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",))
+    # Auto axes: XLA propagates the batch sharding (explicit axes would reject e.g. a
+    # replicated dropout mask applied to batch-sharded activations).
+    self.mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",),
+                                      axis_types=(jax.sharding.AxisType.Auto,))
     n_dev = self.mesh.devices.size
     for field, size in (("batch_size", self.batch_size), ("eval_batch_size",
                                                           self.eval_batch_size)):

@@ -18,7 +18,8 @@ ACTIVE = {
 
 
 def _mesh(n):
-  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _run(exp, steps):
