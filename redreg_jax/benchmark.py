@@ -51,25 +51,29 @@ def _config(method: str, args):
   return c
 
 
-def time_method(method: str, args, dataset=None):
-  """Returns (median seconds per step, compile seconds, the dataset for reuse)."""
-  from redreg_jax import train  # pylint: disable=g-import-not-at-top
-  exp = train.Experiment(_config(method, args), dataset=dataset)
-  state = exp.init_state()
-  batches = list(exp.train_batches(0))
-  t0 = time.perf_counter()
-  state, metrics = exp.train_step(state, batches[0])
-  jax.block_until_ready(state)
-  compile_s = time.perf_counter() - t0
-  times = []
-  for i in range(args.warmup + args.steps):
-    batch = batches[(i + 1) % len(batches)]
+class _Timed:
+  """One method's experiment, compiled, with its state and batches ready to step."""
+
+  def __init__(self, method: str, args, dataset=None):
+    from redreg_jax import train  # pylint: disable=g-import-not-at-top
+    self.exp = train.Experiment(_config(method, args), dataset=dataset)
+    self.state = self.exp.init_state()
+    self.batches = list(self.exp.train_batches(0))
     t0 = time.perf_counter()
-    state, metrics = exp.train_step(state, batch)
-    jax.block_until_ready((state, metrics))
-    if i >= args.warmup:
-      times.append(time.perf_counter() - t0)
-  return float(np.median(times)), compile_s, exp
+    self.state, _ = self.exp.train_step(self.state, self.batches[0])
+    jax.block_until_ready(self.state)
+    self.compile_s = time.perf_counter() - t0
+    self.times, self.i = [], 0
+
+  def run(self, steps: int, record: bool = True):
+    for _ in range(steps):
+      self.i += 1
+      batch = self.batches[self.i % len(self.batches)]
+      t0 = time.perf_counter()
+      self.state, metrics = self.exp.train_step(self.state, batch)
+      jax.block_until_ready((self.state, metrics))
+      if record:
+        self.times.append(time.perf_counter() - t0)
 
 
 def time_input_pipeline(exp, num_batches: int) -> float:
@@ -96,20 +100,28 @@ def main(argv=None):
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds")
   args = parser.parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
   if "joint" not in methods:
     methods.insert(0, "joint")
 
-  results, dataset, pipeline_sps = {}, None, None
+  # Compile every method first, then time them round-robin: a change in the machine's
+  # load during the run affects every method alike, so the ratios stay meaningful.
+  timed, dataset = {}, None
   for method in methods:
-    median, compile_s, exp = time_method(method, args, dataset)
-    dataset = exp.dataset  # Same data for every method.
-    if pipeline_sps is None:
-      pipeline_sps = time_input_pipeline(exp, args.steps)
-    results[method] = {"median_s": median, "compile_s": compile_s,
-                       "samples_per_s": exp.batch_size / median}
-    print(f"  {method}: {median * 1e3:.1f} ms/step", file=sys.stderr, flush=True)
+    timed[method] = _Timed(method, args, dataset)
+    dataset = timed[method].exp.dataset  # Same data for every method.
+    timed[method].run(args.warmup, record=False)
+    print(f"  compiled {method} ({timed[method].compile_s:.1f}s)", file=sys.stderr, flush=True)
+  for _ in range(args.rounds):
+    for t in timed.values():
+      t.run(max(1, args.steps // args.rounds))
+  exp = timed["joint"].exp
+  pipeline_sps = time_input_pipeline(exp, args.steps)
+  results = {m: {"median_s": float(np.median(t.times)), "compile_s": t.compile_s,
+                 "samples_per_s": exp.batch_size / float(np.median(t.times))}
+             for m, t in timed.items()}
   joint = results["joint"]["median_s"]
   for r in results.values():
     r["ratio_to_joint"] = r["median_s"] / joint
