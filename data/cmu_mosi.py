@@ -191,12 +191,8 @@ def storage_options(data_cfg) -> dict[str, Any]:
 
 def builder(data_cfg, **kwargs) -> CmuMosi:
   """The TFDS builder for `data_cfg` (pickle_name picks the build)."""
-  opts = storage_options(data_cfg)
-  name = prep.storage_config_name(opts, STORAGE_DEFAULTS)
-  config = name if name == 'default' else CmuMosiConfig(name=name, **opts)
-  data_dir = prep.require(data_cfg, 'data_dir', 'the folder TFDS builds are written to')
-  return CmuMosi(data_dir=os.path.expanduser(data_dir), config=config,
-                 file_format='array_record', **kwargs)
+  return prep.make_builder(CmuMosi, CmuMosiConfig, data_cfg, storage_options(data_cfg),
+                           STORAGE_DEFAULTS, **kwargs)
 
 
 def prepare(data_cfg, skip_bad: bool = False) -> CmuMosi:
@@ -204,11 +200,7 @@ def prepare(data_cfg, skip_bad: bool = False) -> CmuMosi:
 
   `skip_bad` is accepted for a uniform CLI; a single pickle cannot be partly skipped.
   """
-  manual = os.path.expanduser(prep.require(
-      data_cfg, 'manual_dir', 'the folder holding mosi_raw.pkl or mosi_data.pkl'))
-  if not os.path.isdir(manual):
-    raise FileNotFoundError(f'{NAME}: manual_dir {manual} does not exist. It must hold '
-                            'mosi_raw.pkl or mosi_data.pkl; see data/cmu_mosi.py')
+  manual = prep.manual_dir(data_cfg, NAME, 'mosi_raw.pkl or mosi_data.pkl')
   b = builder(data_cfg, skip_bad=skip_bad)
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
   return b

@@ -276,22 +276,13 @@ def storage_options(data_cfg) -> dict[str, Any]:
 
 def builder(data_cfg, **kwargs) -> Cremad:
   """The TFDS builder for `data_cfg` (its storage options pick the build)."""
-  opts = storage_options(data_cfg)
-  name = prep.storage_config_name(opts, STORAGE_DEFAULTS)
-  # TFDS refuses a config object named like a listed one: pass the name then.
-  config = name if name == 'default' else CremadConfig(name=name, **opts)
-  data_dir = prep.require(data_cfg, 'data_dir', 'the folder TFDS builds are written to')
-  return Cremad(data_dir=os.path.expanduser(data_dir), config=config,
-                file_format='array_record', **kwargs)
+  return prep.make_builder(Cremad, CremadConfig, data_cfg, storage_options(data_cfg),
+                           STORAGE_DEFAULTS, **kwargs)
 
 
 def prepare(data_cfg, skip_bad: bool = False) -> Cremad:
   """Validates `manual_dir` and writes the build; returns the prepared builder."""
-  manual = os.path.expanduser(prep.require(
-      data_cfg, 'manual_dir', 'the folder with AudioWAV/ and VideoFlash/'))
-  if not os.path.isdir(manual):
-    raise FileNotFoundError(f'{NAME}: manual_dir {manual} does not exist. It must hold '
-                            'AudioWAV/ and VideoFlash/ (or Image-03-FPS/); see data/cremad.py')
+  manual = prep.manual_dir(data_cfg, NAME, 'AudioWAV/ and VideoFlash/ (or Image-03-FPS/)')
   b = builder(data_cfg, skip_bad=skip_bad,
               num_workers=prep.cfg_get(data_cfg, 'num_workers'),
               visual_source=prep.cfg_get(data_cfg, 'visual_source', 'auto'))

@@ -280,20 +280,13 @@ def builder(data_cfg, **kwargs) -> KineticsSounds:
   """The TFDS builder for `data_cfg` (its storage options pick the build)."""
   opts = storage_options(data_cfg)
   media.kaldi_window(opts['window_type'], 4)  # Fails early on an unknown window.
-  name = prep.storage_config_name(opts, STORAGE_DEFAULTS)
-  config = name if name == 'default' else KineticsSoundsConfig(name=name, **opts)
-  data_dir = prep.require(data_cfg, 'data_dir', 'the folder TFDS builds are written to')
-  return KineticsSounds(data_dir=os.path.expanduser(data_dir), config=config,
-                        file_format='array_record', **kwargs)
+  return prep.make_builder(KineticsSounds, KineticsSoundsConfig, data_cfg, opts,
+                           STORAGE_DEFAULTS, **kwargs)
 
 
 def prepare(data_cfg, skip_bad: bool = False) -> KineticsSounds:
   """Validates `manual_dir` and writes the build; returns the prepared builder."""
-  manual = os.path.expanduser(prep.require(
-      data_cfg, 'manual_dir', 'the folder with train/ and test/ class folders'))
-  if not os.path.isdir(manual):
-    raise FileNotFoundError(f'{NAME}: manual_dir {manual} does not exist. It must hold '
-                            'train/<class>/<clip>.mp4 and test/...; see data/kinetics_sounds.py')
+  manual = prep.manual_dir(data_cfg, NAME, 'train/<class>/<clip>.mp4 and test/...')
   b = builder(data_cfg, skip_bad=skip_bad, num_workers=prep.cfg_get(data_cfg, 'num_workers'))
   try:
     b.download_and_prepare(

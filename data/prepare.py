@@ -203,6 +203,25 @@ class SubsetSource:
     return f'SubsetSource({self._name}, len={len(self)})'
 
 
+def make_builder(builder_cls, config_cls, data_cfg, options, defaults, **kwargs):
+  """The array_record TFDS builder whose build folder is named by the storage options."""
+  name = storage_config_name(options, defaults)
+  # TFDS refuses a config object named like a listed one: pass the name then.
+  config = name if name == 'default' else config_cls(name=name, **options)
+  data_dir = require(data_cfg, 'data_dir', 'the folder TFDS builds are written to')
+  return builder_cls(data_dir=os.path.expanduser(data_dir), config=config,
+                     file_format='array_record', **kwargs)
+
+
+def manual_dir(data_cfg, name: str, holds: str) -> str:
+  """The user's raw copy (`manual_dir`, expanded); a clear error if it is not there."""
+  manual = os.path.expanduser(require(data_cfg, 'manual_dir', f'the folder with {holds}'))
+  if not os.path.isdir(manual):
+    raise FileNotFoundError(f'{name}: manual_dir {manual} does not exist. It must hold '
+                            f'{holds}; see data/{name}.py')
+  return manual
+
+
 def not_prepared_error(name: str, builder, data_cfg, extra_flags: str = '') -> FileNotFoundError:
   """The error for a dataset that has no finished build under data_dir."""
   data_dir = cfg_get(data_cfg, 'data_dir')
