@@ -16,7 +16,6 @@ from redreg_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="joint", smoke=False)
-  config_lib.check_method(arg.method)
   c = config_lib.base_config(arg.method)
   c.data = ml_collections.ConfigDict(dict(
       name="av_digits", data_dir="~/tensorflow_datasets", pair_seed=0, val_fraction=0.1,

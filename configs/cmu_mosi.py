@@ -18,7 +18,6 @@ ENCODER = dict(kind="transformer", num_layers=2, num_heads=4, dim=64, mlp_dim=12
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="redreg", smoke=False)
-  config_lib.check_method(arg.method)
   c = config_lib.base_config(arg.method)
   c.data = ml_collections.ConfigDict(dict(
       name="cmu_mosi", data_dir="~/tensorflow_datasets", manual_dir="", seed=0,

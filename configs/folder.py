@@ -14,7 +14,6 @@ from redreg_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="joint", smoke=False)
-  config_lib.check_method(arg.method)
   c = config_lib.base_config(arg.method)
   c.data = ml_collections.ConfigDict(dict(name="folder", data_dir="", standardize=True))
   c.model.width = 0.25

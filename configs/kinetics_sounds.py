@@ -13,7 +13,6 @@ from redreg_jax import config_lib
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="redreg", smoke=False)
-  config_lib.check_method(arg.method)
   c = config_lib.base_config(arg.method)
   c.data = ml_collections.ConfigDict(dict(
       name="kinetics_sounds", data_dir="~/tensorflow_datasets", manual_dir="", seed=0,

@@ -18,7 +18,6 @@ from redreg_jax import synthetic
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, method="joint", smoke=False, tiny=False)
-  config_lib.check_method(arg.method)
   c = config_lib.base_config(arg.method)
   c.data = ml_collections.ConfigDict(dict(name="synthetic_av",
                                           **vars(synthetic.SyntheticAVConfig())))

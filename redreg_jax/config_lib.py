@@ -40,11 +40,6 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   return c
 
 
-def check_method(method: str):
-  if method not in methods.METHODS:
-    raise ValueError(f"Unknown method {method!r}; valid: {', '.join(sorted(methods.METHODS))}")
-
-
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads 'path/to/file.py[:arg]' by calling the file's get_config(arg)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
