@@ -114,6 +114,15 @@ def redundancy_from_twins(model, m, params, batch_stats, x, key, *, sigma: float
   return jnp.mean((z1 - z2) ** 2) / (jnp.mean((noise[0] - noise[1]) ** 2) + eps)
 
 
+def finite_by_label(tree, labels) -> dict:
+  """{label: all leaves with that label finite} for a label tree like `tree`'s."""
+  flags: dict = {}
+  for x, label in zip(jax.tree.leaves(tree), jax.tree.leaves(labels)):
+    ok = jnp.all(jnp.isfinite(x))
+    flags[label] = flags[label] & ok if label in flags else ok
+  return flags
+
+
 def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_per_epoch: int,
                     num_epochs: int, skip_nonfinite: bool = False, eps: float = 1e-12):
   """Returns train_step(state, batch) -> (state, metrics), pure and jit-able."""
@@ -172,22 +181,17 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
     updates, opt_state = tx.update(grads, state.opt_state, state.params, observations=obs)
     params = optax.apply_updates(state.params, updates)
 
-    # Non-finite guard: per-modality flags so the error can name the culprit.
-    labels_tree = labels_fn(grads)
-    groups = sorted(set(modalities) | {"head"})
-    finite = {g: jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x, l in zip(
-        jax.tree.leaves(grads), jax.tree.leaves(labels_tree)) if l == g] or [True]))
-              for g in groups}
+    # Non-finite guard: per-group flags so the error can name the culprit.
+    finite = finite_by_label(grads, labels_fn(grads))
     finite["loss"] = jnp.isfinite(loss)
     all_finite = jnp.all(jnp.stack(list(finite.values())))
+    if skip_nonfinite:  # Keep the old state on a bad step, and count it.
+      params, new_bs, opt_state = jax.tree.map(
+          lambda a, b: jnp.where(all_finite, a, b), (params, new_bs, opt_state),
+          (state.params, state.batch_stats, state.opt_state))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
-                              opt_state=opt_state)
-    if skip_nonfinite:
-      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(all_finite, a, b), new, old)
-      new_state = state.replace(
-          step=state.step + 1, params=keep(params, state.params),
-          batch_stats=keep(new_bs, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
-          skipped=state.skipped + (~all_finite).astype(jnp.int32))
+                              opt_state=opt_state,
+                              skipped=state.skipped + (~all_finite).astype(jnp.int32))
 
     metrics = {"loss": loss, **{f"loss_{k}": v for k, v in losses.items()},
                "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == labels),
