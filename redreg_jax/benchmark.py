@@ -63,7 +63,7 @@ class _Timed:
     self.state, _ = self.exp.train_step(self.state, self.batches[0])
     jax.block_until_ready(self.state)
     self.compile_s = time.perf_counter() - t0
-    self.times, self.i = [], 0
+    self.times, self.dominant, self.i = [], [], 0
 
   def run(self, steps: int, record: bool = True):
     for _ in range(steps):
@@ -74,6 +74,15 @@ class _Timed:
       jax.block_until_ready((self.state, metrics))
       if record:
         self.times.append(time.perf_counter() - t0)
+        if "dominant" in metrics:  # Twins run for this modality: its encoder sets the cost.
+          self.dominant.append(self.exp.modalities[int(metrics["dominant"])])
+
+  def dominant_share(self) -> str:
+    """e.g. 'audio 100%': which encoder the twin pass ran on during the timed steps."""
+    if not self.dominant:
+      return ""
+    return ", ".join(f"{m} {self.dominant.count(m) / len(self.dominant):.0%}"
+                     for m in sorted(set(self.dominant)))
 
 
 def time_input_pipeline(exp, num_batches: int) -> float:
@@ -120,7 +129,8 @@ def main(argv=None):
   exp = timed["joint"].exp
   pipeline_sps = time_input_pipeline(exp, args.steps)
   results = {m: {"median_s": float(np.median(t.times)), "compile_s": t.compile_s,
-                 "samples_per_s": exp.batch_size / float(np.median(t.times))}
+                 "samples_per_s": exp.batch_size / float(np.median(t.times)),
+                 "dominant": t.dominant_share()}
              for m, t in timed.items()}
   joint = results["joint"]["median_s"]
   for r in results.values():
@@ -129,15 +139,17 @@ def main(argv=None):
   print(f"\nshapes={args.shapes} batch={exp.batch_size} width={exp.config.model.width} "
         f"dtype={args.dtype} devices={jax.device_count()} ({jax.devices()[0].platform}) "
         f"steps={args.steps}")
-  print(f"{'method':<20}{'median ms/step':>16}{'x joint':>10}{'samples/s':>12}{'compile s':>11}")
+  print(f"{'method':<20}{'median ms/step':>16}{'x joint':>10}{'samples/s':>12}{'compile s':>11}"
+        "  twins ran on (RedReg)")
   for m, r in results.items():
     print(f"{m:<20}{r['median_s'] * 1e3:>16.1f}{r['ratio_to_joint']:>10.2f}"
-          f"{r['samples_per_s']:>12.1f}{r['compile_s']:>11.1f}")
+          f"{r['samples_per_s']:>12.1f}{r['compile_s']:>11.1f}  {r['dominant']}")
   print(f"{'input pipeline':<20}{'':>16}{'':>10}{pipeline_sps:>12.1f}")
   print(json.dumps({"shapes": args.shapes, "batch_size": exp.batch_size, "dtype": args.dtype,
                     "devices": jax.device_count(), "input_pipeline_samples_per_s": pipeline_sps,
                     "methods": {m: {"median_s": round(r["median_s"], 6),
-                                    "ratio_to_joint": round(r["ratio_to_joint"], 4)}
+                                    "ratio_to_joint": round(r["ratio_to_joint"], 4),
+                                    **({"dominant": r["dominant"]} if r["dominant"] else {})}
                                 for m, r in results.items()}}))
 
 

@@ -36,7 +36,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "joint_star": dict(),
     "redreg": dict(_REDREG),
     "redreg_star": dict(_REDREG),
-    "redreg_no_monitor": dict(_REDREG, use_monitor=False),
+    # Without the monitor nothing reads the twin-noise score: skip the twin pass.
+    "redreg_no_monitor": dict(_REDREG, use_monitor=False, twins="none"),
     "redreg_no_gate": dict(_REDREG, use_gate=False),
     # The official code's extras (SPEC §2): modality dropout, confidence-gap beta,
     # per-epoch window reset, gamma 0.6.
@@ -102,8 +103,14 @@ def build_method(name: str, optim: Mapping[str, Any], *, modalities, param_label
     from redreg_jax import redreg  # pylint: disable=g-import-not-at-top
     keys = [k for k in _REDREG if k not in ("sigma", "twins", "modality_dropout")]
     hp = _pick(optim, keys)
-    if optim["twins"] not in ("dominant", "all"):
-      raise ValueError(f"config.optim.twins must be 'dominant' or 'all', got {optim['twins']!r}")
+    # 'dominant': the score the update needs; 'all': every modality's, for logging;
+    # 'none': no twin pass, valid only without the monitor (its only reader, Eq.21/25).
+    if optim["twins"] not in ("dominant", "all", "none"):
+      raise ValueError("config.optim.twins must be 'dominant', 'all' or 'none', got "
+                       f"{optim['twins']!r}")
+    if optim["twins"] == "none" and optim["use_monitor"]:
+      raise ValueError("config.optim.twins='none' leaves the redundant-phase monitor "
+                       "without its score; set optim.use_monitor=False or twins='dominant'.")
     fn = lambda: redreg.redreg_transform(modalities, param_labels, num_epochs=num_epochs, **hp)
     return Method(name, star, fn, twins=optim["twins"], sigma=float(optim["sigma"]),
                   modality_dropout=bool(optim["modality_dropout"]), equal_features=True)

@@ -88,3 +88,18 @@ def test_unequal_feature_sizes_fail_at_configuration():
   cfg.model.encoders = {"visual": {"width": 1 / 8}}
   with pytest.raises(ValueError, match="one pooled feature size"):
     train.Experiment(cfg)
+
+
+def test_no_monitor_ablation_skips_twins():
+  # Without the monitor nothing reads red_m, so the step runs no twin pass at all.
+  exp = train.Experiment(tiny_config("redreg_no_monitor"))
+  assert exp.method.twins == "none"
+  state = exp.init_state()
+  state, m = exp.train_step(state, next(iter(exp.train_batches(0))))
+  for mod in exp.modalities:
+    assert float(m[f"red_valid_{mod}"]) == 0.0 and float(m[f"red_raw_{mod}"]) == 0.0
+
+
+def test_twins_none_needs_monitor_off():
+  with pytest.raises(ValueError, match="use_monitor=False"):
+    train.Experiment(tiny_config("redreg", **{"optim.twins": "none"}))
