@@ -21,11 +21,13 @@ def get_config(arg=None):
       name="av_digits", data_dir="~/tensorflow_datasets", pair_seed=0, val_fraction=0.1,
       image_size=32, interpolation="nearest", visual_noise_std=1.0, visual_occlusion=0.25,
       audio_normalize=True, eval_seed=0))
-  c.model.width = 0.25
+  # CPU-scale protocol of the README's AV-digits table: a 1/8-width ResNet-18 (8-16-32-64
+  # channels) for 6 epochs, about 1.5 min per joint run on 2 CPU cores.
+  c.model.width = 0.125
   c.batch_size = 64
-  c.num_epochs = 12
+  c.num_epochs = 6
   c.optim.lr = 0.01
-  c.optim.lr_decay_epochs = (8,)
+  c.optim.lr_decay_epochs = (4,)
   if arg.smoke:
     c.num_epochs = 2
     c.model.width = 0.125
