@@ -6,7 +6,8 @@ r"""Runs methods x seeds into a directory tree that `redreg_jax.report` reads.
 Each run is `python launch.py --config=CONFIG:METHOD --config.seed=S
 --workdir=ROOT/METHOD/seed_S`, one after another. A finished run (summary.json
 present) is skipped, an interrupted one resumes from its checkpoint, so re-running the
-same command completes a sweep.
+same command completes a sweep. The runs share one persistent XLA compilation cache
+(`--compile_cache`, default ROOT/.xla_cache): seeds of a method compile its steps once.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ def main(argv=None):
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="config override for every run (repeatable)")
   p.add_argument("--config_arg", default="", help="extra config arg, e.g. smoke")
+  p.add_argument("--compile_cache", default=None,
+                 help="persistent XLA compilation cache dir (default ROOT/.xla_cache; "
+                      "'' disables)")
   args = p.parse_args(argv)
+  env = dict(os.environ)
+  cache = os.path.join(args.root, ".xla_cache") if args.compile_cache is None else \
+      args.compile_cache
+  if cache and "JAX_COMPILATION_CACHE_DIR" not in env:
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(cache)
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
   t0 = time.time()
   for method in [m for m in args.methods.split(",") if m]:
     for seed in [int(s) for s in args.seeds.split(",") if s]:
@@ -43,7 +53,7 @@ def main(argv=None):
       cmd += [f"--config.{s}" for s in args.set]
       print(f"[sweep] {' '.join(cmd[1:])}", flush=True)
       t = time.time()
-      r = subprocess.run(cmd, cwd=ROOT, check=False)
+      r = subprocess.run(cmd, cwd=ROOT, check=False, env=env)
       if r.returncode != 0:
         print(f"[sweep] {method} seed {seed} failed (exit {r.returncode}); stopping.",
               file=sys.stderr)
