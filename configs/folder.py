@@ -3,8 +3,12 @@ r"""Your own paired data in the `folder` format (manifest.json + .npz shards; da
   python launch.py --config=configs/folder.py:redreg --config.data.data_dir=/path/to/folder \
       --workdir=runs/mydata/redreg
 
-Modalities, shapes and classes come from the manifest. Arrays of rank 3 ([H, W, C]) use a
-2-D ResNet-18; rank 4 ([T, H, W, C]) fold frames into the batch.
+Modalities, shapes and classes come from the manifest. Each modality's encoder follows
+its per-example rank (`models.default_encoder_spec`): [H, W, C] a 2-D ResNet-18,
+[T, H, W, C] a ResNet-18 with frames folded into the batch, [L, D] sequences a 2-layer
+Transformer, [D] vectors a 2-layer MLP; all pool to 512 * width features, so every method
+(RedReg's co-information included) runs. Set `--config.model.encoders.<m>` to choose
+another (see configs/cmu_mosi.py).
 """
 
 import ml_collections

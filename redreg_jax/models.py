@@ -49,6 +49,11 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
+def resnet18_widths(width: float) -> list[int]:
+  """Channels of the four stages; the last is the pooled feature size."""
+  return [max(1, int(round(w * width))) for w in RESNET18_WIDTHS]
+
+
 class ResNet18(nn.Module):
   """ResNet-18 trunk; returns the last feature map [N, h, w, 512 * width]."""
   width: float = 1.0
@@ -56,7 +61,7 @@ class ResNet18(nn.Module):
 
   @nn.compact
   def __call__(self, x_NxHxWxC, train: bool):
-    widths = [max(1, int(round(w * self.width))) for w in RESNET18_WIDTHS]
+    widths = resnet18_widths(self.width)
     x = nn.Conv(widths[0], (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name="conv_init")(
                     x_NxHxWxC.astype(self.dtype))
@@ -94,6 +99,30 @@ class ResNet18Encoder(nn.Module):
     return fmap_BxhxwxD, jnp.mean(fmap_BxhxwxD.astype(jnp.float32), axis=(1, 2))
 
 
+class MLPEncoder(nn.Module):
+  """Encoder for per-example feature vectors [B, D]: two ReLU Dense layers of `hidden`.
+
+  The last hidden activation is both the "feature map" (RedReg's redundancy score,
+  Eq.17-20) and the pooled feature z_m.
+  """
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxD, train: bool):
+    del train  # No BatchNorm or dropout.
+    if x_BxD.ndim != 2:
+      raise ValueError(f"MLPEncoder expects [B, D] input, got {x_BxD.shape}")
+    h = x_BxD.astype(self.dtype)
+    for i in range(2):
+      h = nn.relu(nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype,
+                           name=f"dense{i + 1}")(h))
+    return h, h.astype(jnp.float32)
+
+
+ENCODER_KINDS = ("resnet18", "transformer", "mlp")
+
+
 def make_encoder(kind: str, width: float, dtype, name=None, **kwargs) -> nn.Module:
   """Builds an encoder module of the given kind."""
   if kind == "resnet18":
@@ -103,7 +132,36 @@ def make_encoder(kind: str, width: float, dtype, name=None, **kwargs) -> nn.Modu
   if kind == "transformer":
     from redreg_jax import transformer  # pylint: disable=g-import-not-at-top
     return transformer.SequenceTransformerEncoder(name=name, **kwargs)
-  raise ValueError(f"Unknown encoder kind {kind!r}; valid: 'resnet18', 'transformer'.")
+  if kind == "mlp":
+    unknown = sorted(set(kwargs) - {"hidden"})
+    if unknown:
+      raise ValueError(f"Unknown mlp encoder option(s) {unknown}; valid: hidden.")
+    return MLPEncoder(hidden=int(kwargs.get("hidden", resnet18_widths(width)[-1])),
+                      dtype=dtype, name=name)
+  raise ValueError(f"Unknown encoder kind {kind!r}; valid: {', '.join(ENCODER_KINDS)}.")
+
+
+def default_encoder_spec(modality: str, shape: Sequence[int], width: float) -> dict:
+  """The encoder a modality gets when `config.model.encoders` names none, by input rank.
+
+  [H, W, C] -> 2-D ResNet-18; [T, H, W, C] -> ResNet-18 with frames folded into the
+  batch; [L, D] sequences -> a 2-layer Transformer; [D] vectors -> an MLP. The
+  Transformer and MLP pool to the ResNet's feature size (512 * width), so every
+  modality has one pooled size, as co-information (RedReg Eq.22-23) needs.
+  """
+  dim = resnet18_widths(width)[-1]
+  rank = len(shape)
+  if rank in (3, 4):
+    return {"kind": "resnet18"}
+  if rank == 2:
+    return {"kind": "transformer", "num_layers": 2, "num_heads": 4, "dim": 64,
+            "mlp_dim": 128, "dropout": 0.1, "max_len": int(shape[0]), "pooled_dim": dim}
+  if rank == 1:
+    return {"kind": "mlp", "hidden": dim}
+  raise ValueError(f"No default encoder for modality {modality!r} with per-example shape "
+                   f"{tuple(shape)}: expected [D], [L, D], [H, W, C] or [T, H, W, C]. Reshape "
+                   f"the data or set config.model.encoders.{modality} (kinds: "
+                   f"{', '.join(ENCODER_KINDS)}).")
 
 
 # --------------------------------------------------------------------------------------

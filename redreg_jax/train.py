@@ -59,6 +59,8 @@ def build_model(config, info: input_pipeline.DatasetInfo, method: methods_lib.Me
   if dtype is None:
     raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {mcfg.dtype!r}")
   encoders = {m: dict(spec) for m, spec in mcfg.get("encoders", {}).items()}
+  for m in info.modalities:  # Unnamed encoders follow the input's rank.
+    encoders.setdefault(m, models.default_encoder_spec(m, info.shapes[m], mcfg.width))
   return models.MultimodalClassifier(
       modalities=info.modalities, num_classes=info.num_classes, fusion=mcfg.fusion,
       encoders=encoders, width=mcfg.width, unimodal_heads=method.unimodal_heads,

@@ -203,3 +203,43 @@ def test_folder_format_trains_and_evaluates(tmp_path):
   assert exp.info.shapes == {"audio": (16, 12, 1), "visual": (2, 16, 16, 3)}
   res = _train_two_steps_and_evaluate(exp)
   assert res["num_examples"] == 5  # Padded to the eval batch of 8, padding masked out.
+
+
+def test_folder_sequence_and_vector_modalities_get_default_encoders(tmp_path):
+  """[L, D] and [D] modalities train without an encoder config (Transformer, MLP)."""
+  rng = np.random.default_rng(1)
+
+  def arrays(n):
+    return {"audio": rng.normal(size=(n, 16, 12, 1)).astype(np.float32),
+            "text": rng.normal(size=(n, 6, 5)).astype(np.float32),
+            "tabular": rng.normal(size=(n, 7)).astype(np.float32),
+            "label": rng.integers(0, 3, size=n)}
+
+  folder.write_folder_dataset(str(tmp_path / "data"),
+                              {"train": arrays(12), "validation": arrays(5), "test": arrays(4)},
+                              ["a", "b", "c"], shard_size=6)
+  # RedReg: co-information needs one pooled size, which the defaults give (Eq.22-23).
+  exp = train.Experiment(_config(folder_config, "redreg,smoke",
+                                 **{"data.data_dir": str(tmp_path / "data")}))
+  state = exp.init_state()
+  enc = state.params
+  assert "block_0" in enc["encoder_text"] and "pos_embedding" in enc["encoder_text"]
+  assert set(enc["encoder_tabular"]) == {"dense1", "dense2"}
+  feats = exp.model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                          {m: np.zeros((2,) + exp.info.shapes[m], np.float32)
+                           for m in exp.modalities}, train=False)["features"]
+  assert {m: f.shape for m, f in feats.items()} == {m: (2, 32) for m in exp.modalities}
+  _train_two_steps_and_evaluate(exp)
+
+
+def test_folder_rank_without_default_encoder_names_the_modality(tmp_path):
+  rng = np.random.default_rng(2)
+  arrays = lambda n: {"audio": rng.normal(size=(n, 16, 12, 1)).astype(np.float32),
+                      "volume": rng.normal(size=(n, 2, 3, 4, 5, 1)).astype(np.float32),
+                      "label": rng.integers(0, 3, size=n)}
+  folder.write_folder_dataset(str(tmp_path / "data"),
+                              {"train": arrays(8), "validation": arrays(4), "test": arrays(4)},
+                              ["a", "b", "c"])
+  with pytest.raises(ValueError, match=r"modality 'volume'.*config.model.encoders.volume"):
+    train.Experiment(_config(folder_config, "joint,smoke",
+                             **{"data.data_dir": str(tmp_path / "data")}))
