@@ -5,7 +5,9 @@ r"""Step-time benchmark: every method's median train-step time, measured in one 
   python -m redreg_jax.benchmark --methods=joint,redreg --steps=50 --dtype=bfloat16
 
 Prints a table and, as its last line, one JSON object with each method's median
-seconds and its ratio to joint. It also times the input pipeline alone (host batches
+seconds and its ratio to joint. Methods are timed round-robin in `--rounds` rounds; the
+range of the per-round ratios shows how much the machine's load moved the comparison,
+and RedReg rows say how often the gate was open (open: the projection ran). It also times the input pipeline alone (host batches
 per second, no device work) so a slow loader shows up beside the step.
 """
 
@@ -63,19 +65,26 @@ class _Timed:
     self.state, _ = self.exp.train_step(self.state, self.batches[0])
     jax.block_until_ready(self.state)
     self.compile_s = time.perf_counter() - t0
-    self.times, self.dominant, self.i = [], [], 0
+    self.times, self.rounds, self.dominant, self.gate, self.i = [], [], [], [], 0
 
   def run(self, steps: int, record: bool = True):
+    """Times `steps` steps; a recorded call is one round (its median enters the ratios)."""
+    times = []
     for _ in range(steps):
       self.i += 1
       batch = self.batches[self.i % len(self.batches)]
       t0 = time.perf_counter()
       self.state, metrics = self.exp.train_step(self.state, batch)
       jax.block_until_ready((self.state, metrics))
+      times.append(time.perf_counter() - t0)
       if record:
-        self.times.append(time.perf_counter() - t0)
         if "dominant" in metrics:  # Twins run for this modality: its encoder sets the cost.
           self.dominant.append(self.exp.modalities[int(metrics["dominant"])])
+        if "gate_open" in metrics:  # Open: the Eq.27-30 projection ran this step.
+          self.gate.append(float(metrics["gate_open"]))
+    if record:
+      self.times += times
+      self.rounds.append(float(np.median(times)))
 
   def dominant_share(self) -> str:
     """e.g. 'audio 100%': which encoder the twin pass ran on during the timed steps."""
@@ -109,7 +118,7 @@ def main(argv=None):
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds")
+  parser.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
   args = parser.parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
   if "joint" not in methods:
@@ -128,30 +137,42 @@ def main(argv=None):
       t.run(max(1, args.steps // args.rounds))
   exp = timed["joint"].exp
   pipeline_sps = time_input_pipeline(exp, args.steps)
-  results = {m: {"median_s": float(np.median(t.times)), "compile_s": t.compile_s,
-                 "samples_per_s": exp.batch_size / float(np.median(t.times)),
-                 "dominant": t.dominant_share()}
-             for m, t in timed.items()}
+  joint_rounds = np.asarray(timed["joint"].rounds)
+  results = {}
+  for m, t in timed.items():
+    # Per-round ratios: each round's median over joint's in the same round, so their
+    # spread shows how much the machine's load moved the comparison.
+    per_round = np.asarray(t.rounds) / joint_rounds
+    results[m] = {"median_s": float(np.median(t.times)), "compile_s": t.compile_s,
+                  "samples_per_s": exp.batch_size / float(np.median(t.times)),
+                  "round_ratios": (float(per_round.min()), float(per_round.max())),
+                  "gate_open": float(np.mean(t.gate)) if t.gate else None,
+                  "dominant": t.dominant_share()}
   joint = results["joint"]["median_s"]
   for r in results.values():
     r["ratio_to_joint"] = r["median_s"] / joint
 
   print(f"\nshapes={args.shapes} batch={exp.batch_size} width={exp.config.model.width} "
         f"dtype={args.dtype} devices={jax.device_count()} ({jax.devices()[0].platform}) "
-        f"steps={args.steps}")
-  print(f"{'method':<20}{'median ms/step':>16}{'x joint':>10}{'samples/s':>12}{'compile s':>11}"
-        "  twins ran on (RedReg)")
+        f"steps={args.steps} rounds={args.rounds}")
+  print(f"{'method':<20}{'median ms/step':>16}{'x joint':>10}{'rounds x':>13}{'samples/s':>12}"
+        f"{'compile s':>11}{'gate open':>11}  twins ran on (RedReg)")
   for m, r in results.items():
+    lo, hi = r["round_ratios"]
+    gate = f"{r['gate_open']:.0%}" if r["gate_open"] is not None else ""
     print(f"{m:<20}{r['median_s'] * 1e3:>16.1f}{r['ratio_to_joint']:>10.2f}"
-          f"{r['samples_per_s']:>12.1f}{r['compile_s']:>11.1f}  {r['dominant']}")
-  print(f"{'input pipeline':<20}{'':>16}{'':>10}{pipeline_sps:>12.1f}")
+          f"{f'{lo:.2f}-{hi:.2f}':>13}{r['samples_per_s']:>12.1f}{r['compile_s']:>11.1f}"
+          f"{gate:>11}  {r['dominant']}")
+  print(f"{'input pipeline':<20}{'':>16}{'':>10}{'':>13}{pipeline_sps:>12.1f}")
   print(json.dumps({"shapes": args.shapes, "batch_size": exp.batch_size, "dtype": args.dtype,
                     "devices": jax.device_count(), "input_pipeline_samples_per_s": pipeline_sps,
                     "methods": {m: {"median_s": round(r["median_s"], 6),
                                     "ratio_to_joint": round(r["ratio_to_joint"], 4),
+                                    "round_ratios": [round(x, 4) for x in r["round_ratios"]],
+                                    **({"gate_open": round(r["gate_open"], 4)}
+                                       if r["gate_open"] is not None else {}),
                                     **({"dominant": r["dominant"]} if r["dominant"] else {})}
                                 for m, r in results.items()}}))
-
 
 if __name__ == "__main__":
   main()

@@ -15,4 +15,10 @@ def test_benchmark_prints_table_and_json(capsys):
   assert result["methods"]["redreg"]["median_s"] > 0
   # Which encoder the twins ran on is reported, since it sets RedReg's extra cost.
   assert result["methods"]["redreg"]["dominant"].split()[0] in ("audio", "visual")
+  # The gate's share tells whether the timed steps took the projection path.
+  assert 0.0 <= result["methods"]["redreg"]["gate_open"] <= 1.0
+  assert "gate_open" not in result["methods"]["joint"]
+  lo, hi = result["methods"]["redreg"]["round_ratios"]
+  assert 0 < lo <= hi
+  assert result["methods"]["joint"]["round_ratios"] == [1.0, 1.0]
   assert any(line.startswith("redreg ") for line in lines)
