@@ -2,6 +2,7 @@ r"""Step-time benchmark: every method's median train-step time, measured in one 
 
   python -m redreg_jax.benchmark                       # default synthetic size
   python -m redreg_jax.benchmark --shapes=cremad --batch_size=8 --width=1.0
+  python -m redreg_jax.benchmark --shapes=av_digits --width=0.125
   python -m redreg_jax.benchmark --methods=joint,redreg --steps=50 --dtype=bfloat16
 
 Prints a table and, as its last line, one JSON object with each method's median
@@ -26,10 +27,12 @@ DEFAULT_METHODS = ("joint", "joint_star", "redreg", "redreg_star", "redreg_no_mo
                    "redreg_no_gate", "redreg_official", "inforeg", "inforeg_star", "ogm",
                    "ogm_ge", "mmpareto")
 
-# Input shapes of the papers' CREMA-D setting (SPEC §6): 257x188 spectrogram, 3 frames.
+# Input shapes: the papers' CREMA-D setting (SPEC §6: 257x188 spectrogram, 3 frames of
+# 224x224) and AV-digits (129x126 spectrogram, one 32x32 image), on synthetic data.
 SHAPES = {
     "synthetic": {},
     "cremad": dict(audio_freq=257, audio_time=188, frames=3, image_size=224),
+    "av_digits": dict(audio_freq=129, audio_time=126, frames=1, image_size=32),
 }
 
 
