@@ -69,10 +69,23 @@ def duplicate_seed_warnings(runs, split="test"):
   return out
 
 
+def _row_order(groups, all_mods):
+  """Per dataset: unimodal baselines first, then methods in `methods.METHODS` order."""
+  from redreg_jax import methods  # pylint: disable=g-import-not-at-top
+  known = list(methods.METHODS)
+  datasets = list(dict.fromkeys(d for d, _, _ in groups))
+  def key(group):
+    dataset, method, mods = group
+    return (datasets.index(dataset), set(mods) == all_mods[dataset],
+            known.index(method) if method in known else len(known), method, mods)
+  return sorted(groups, key=key)
+
+
 def table_rows(runs, split="test"):
   groups, all_mods = _groups(runs, split)
   rows = []
-  for (dataset, method, mods), rs in groups.items():
+  for dataset, method, mods in _row_order(groups, all_mods):
+    rs = groups[(dataset, method, mods)]
     cols = ["accuracy"] + [f"accuracy_{m}" for m in mods] + ["macro_f1"]
     if set(mods) != all_mods[dataset]:
       method = f"{method} [{'+'.join(mods)} only]"
@@ -105,7 +118,9 @@ def to_markdown(rows, split="test") -> str:
 def _metric_cols(rows):
   """(mean, std) columns over all rows (modality sets may differ): accuracies first."""
   cols = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, tuple)))
-  return sorted(cols, key=lambda c: (not c.startswith("accuracy"), c != "accuracy"))
+  # accuracy, then accuracy_<m> by modality name, then the rest as first seen.
+  return sorted(cols, key=lambda c: (not c.startswith("accuracy"), c != "accuracy",
+                                     c if c.startswith("accuracy_") else ""))
 
 
 def write_csv(rows, path):

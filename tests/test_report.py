@@ -54,6 +54,16 @@ def test_mean_std_over_seeds(sweep):
   assert by_method["joint"]["accuracy"] == pytest.approx((70.0, 0.0))
 
 
+def test_rows_ordered_unimodal_first_then_method_table(sweep):
+  _write(sweep, "visual_only/joint/seed_0",
+         _summary("joint", 0, 0.5, None, 0.5, 0.5, modalities=("visual",)))
+  _write(sweep, "mmpareto/seed_0", _summary("mmpareto", 0, 0.7, 0.7, 0.3, 0.7))
+  _write(sweep, "aaa_custom/seed_0", _summary("aaa_custom", 0, 0.7, 0.7, 0.3, 0.7))
+  rows = report.table_rows(report.find_summaries([sweep]))
+  assert [r["method"] for r in rows] == ["joint [visual only]", "joint", "redreg", "mmpareto",
+                                         "aaa_custom"]
+
+
 def test_markdown_and_csv(sweep, tmp_path, capsys):
   csv_path, md_path = str(tmp_path / "t.csv"), str(tmp_path / "t.md")
   assert report.main([sweep, f"--csv={csv_path}", f"--markdown={md_path}"]) == 0
@@ -83,7 +93,8 @@ def test_unimodal_baseline_is_its_own_row(tmp_path):
   _write(root, "visual_only", _summary("joint", 0, 0.50, 0.0, 0.50, 0.45,
                                        modalities=("visual",)))
   rows = report.table_rows(report.find_summaries([root]))
-  assert [r["method"] for r in rows] == ["joint", "joint [visual only]"]
+  # Unimodal baselines come first: they are the reference the other rows are read against.
+  assert [r["method"] for r in rows] == ["joint [visual only]", "joint"]
   md = report.to_markdown(rows)
   assert "| joint [visual only] | 50.00 ± 0.00 | — | 50.00 ± 0.00 | 45.00 ± 0.00 | 1 | 10 |" \
       in md.splitlines()
@@ -91,8 +102,8 @@ def test_unimodal_baseline_is_its_own_row(tmp_path):
   report.write_csv(rows, csv_path)
   with open(csv_path, newline="", encoding="utf-8") as f:
     table = list(csv.DictReader(f))
-  assert table[1]["accuracy_visual_mean"] == "50.0000"
-  assert table[1]["accuracy_audio_mean"] == "" and table[0]["accuracy_audio_mean"] == "75.0000"
+  assert table[0]["accuracy_visual_mean"] == "50.0000"
+  assert table[0]["accuracy_audio_mean"] == "" and table[1]["accuracy_audio_mean"] == "75.0000"
 
 
 def test_nested_dirs_count_each_run_once(sweep):
