@@ -23,8 +23,9 @@ Format. A folder holding `manifest.json` and `.npz` shards:
 - `modalities`: name -> per-example `shape` (audio [F, T, 1] spectrogram, visual
   [T, H, W, C] frames, or any other modality, e.g. text [L, D] or a feature vector
   [D]; the trainer picks a ResNet-18, Transformer or MLP encoder by rank, see
-  configs/folder.py). Their order is the modality order. Optional `mean` and `std` (a number, or nested lists that
-  broadcast to `shape`, e.g. per channel) standardise that modality at load time.
+  configs/folder.py). Their order is the modality order. Optional `mean` and `std`
+  (a number, or nested lists that broadcast to `shape`, e.g. per channel)
+  standardise that modality at load time.
 - `num_classes` K and `class_names` (K strings).
 - `splits`: split name -> shard file names relative to the folder; `train`,
   `validation` and `test` are the names the trainer asks for.

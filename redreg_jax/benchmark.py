@@ -8,8 +8,9 @@ r"""Step-time benchmark: every method's median train-step time, measured in one 
 Prints a table and, as its last line, one JSON object with each method's median
 seconds and its ratio to joint. Methods are timed round-robin in `--rounds` rounds; the
 range of the per-round ratios shows how much the machine's load moved the comparison,
-and RedReg rows say how often the gate was open (open: the projection ran). It also times the input pipeline alone (host batches
-per second, no device work) so a slow loader shows up beside the step.
+and RedReg rows say how often the gate was open (open: the projection ran). It also
+times the input pipeline alone (host batches per second, no device work) so a slow
+loader shows up beside the step.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def main(argv=None):
                                        if r["gate_open"] is not None else {}),
                                     **({"dominant": r["dominant"]} if r["dominant"] else {})}
                                 for m, r in results.items()}}))
+
 
 if __name__ == "__main__":
   main()

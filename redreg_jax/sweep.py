@@ -7,9 +7,9 @@ Each run is `python launch.py --config=CONFIG:METHOD --config.seed=S
 --workdir=ROOT/METHOD/seed_S`, one after another, seed by seed (so a sweep cut short
 still has every method at the first seeds). `--unimodal=audio,visual` adds, per seed,
 the unimodal baselines: `joint` on each modality alone
-(`--config.modalities="('audio',)"`) in ROOT/audio_only/joint/seed_S. A finished run (summary.json
-present) is skipped, an interrupted one resumes from its checkpoint, so re-running the
-same command completes a sweep. The runs share one persistent XLA compilation cache
+(`--config.modalities="('audio',)"`) in ROOT/audio_only/joint/seed_S. A finished run
+(summary.json present) is skipped, an interrupted one resumes from its checkpoint, so
+re-running the same command completes a sweep. The runs share one persistent XLA compilation cache
 (`--compile_cache`, default ROOT/.xla_cache): seeds of a method compile its steps once.
 """
 
@@ -52,7 +52,8 @@ def main(argv=None):
     # (name, method, workdir, extra config overrides) of every run at this seed.
     runs = [(method, method, os.path.join(args.root, method, f"seed_{seed}"), [])
             for method in methods]
-    runs += [(f"{m} only", "joint", os.path.join(args.root, f"{m}_only", "joint", f"seed_{seed}"),
+    runs += [(f"{m} only", "joint",
+              os.path.join(args.root, f"{m}_only", "joint", f"seed_{seed}"),
               [f"--config.modalities=('{m}',)"]) for m in unimodal]
     for name, method, workdir, extra in runs:
       if os.path.exists(os.path.join(workdir, "summary.json")):
