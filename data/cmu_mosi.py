@@ -3,7 +3,9 @@
 Where to get it: the MultiBench repository (github.com/pliang279/MultiBench,
 "Affective computing" datasets) links the processed CMU-MOSI pickles
 `mosi_raw.pkl` and `mosi_data.pkl` (2,199 clips; the same features as the
-CMU Multimodal SDK). Nothing is downloaded here.
+CMU Multimodal SDK). Nothing is downloaded here. The pickles are read by
+data/safe_pickle.py: numpy arrays in builtin containers load, a pickle naming
+any other code is refused.
 
 Layout expected under `manual_dir`:
 
@@ -36,13 +38,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from data import prepare as prep
+from data import safe_pickle
 
 NAME = 'cmu_mosi'
 PICKLES = ('mosi_raw.pkl', 'mosi_data.pkl')
@@ -72,15 +74,23 @@ def _clip_id(raw) -> str:
 
 
 def load_pickle(path: str) -> dict:
-  """Reads a MultiBench pickle (also Python 2 pickles) and checks its layout."""
+  """Reads a MultiBench pickle (also Python 2 pickles) and checks its layout.
+
+  The file goes through data.safe_pickle, so it can hold numpy arrays in builtin
+  containers but cannot run code: a pickle naming any other global is refused.
+
+  Args:
+    path: mosi_raw.pkl or mosi_data.pkl.
+
+  Returns:
+    The dict {'train', 'valid', 'test'} -> dict of arrays.
+  """
   try:
-    with open(path, 'rb') as f:
-      try:
-        data = pickle.load(f)
-      except UnicodeDecodeError:
-        f.seek(0)
-        data = pickle.load(f, encoding='latin1')  # Python 2 pickles of numpy arrays.
-  except (pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
+    data = safe_pickle.load(path)
+  except safe_pickle.UnsafePickleError as e:
+    raise prep.BadFileError(f'{NAME}: {e}') from None
+  except (safe_pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as e:
+    # TypeError: allowed numpy constructors given malformed arguments.
     raise prep.BadFileError(f'{NAME}: cannot unpickle {path} (corrupt or truncated?): {e}') from e
   if not isinstance(data, dict) or not set(SPLITS) <= set(data):
     keys = sorted(data) if isinstance(data, dict) else type(data).__name__

@@ -28,7 +28,8 @@ Format. A folder holding `manifest.json` and `.npz` shards:
   standardise that modality at load time.
 - `num_classes` K and `class_names` (K strings).
 - `splits`: split name -> shard file names relative to the folder; `train`,
-  `validation` and `test` are the names the trainer asks for.
+  `validation` and `test` are the names the trainer asks for. Every name must
+  resolve (symlinks followed) to a file inside the folder; others are refused.
 - Each shard is an `.npz` with one array per modality, [N, *shape], any numeric
   dtype (e.g. uint8 frames), and `label`, integer [N] in [0, K). Extra arrays are
   ignored. Shards saved uncompressed (`np.savez`) are memory-mapped, so a dataset
@@ -49,6 +50,8 @@ import zipfile
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from data import safe_paths
 
 NAME = 'folder'
 MANIFEST = 'manifest.json'
@@ -120,6 +123,9 @@ def read_manifest(folder: str) -> dict:
   for split, shards in splits.items():
     need(isinstance(shards, list) and shards and all(isinstance(s, str) for s in shards),
          f'splits.{split}', 'must be a non-empty list of .npz file names')
+    for s in shards:
+      # The manifest is data: it must not point the reader at files outside the folder.
+      safe_paths.confine(folder, s, f'{path} (splits.{split})')
   return manifest
 
 
@@ -217,6 +223,7 @@ class FolderSource:
           f'{sorted(manifest["splits"])}); add it under "splits".')
     mpath = os.path.join(folder, MANIFEST)
     self._modalities = tuple(manifest['modalities'])
+    # read_manifest has confined every shard entry to the folder.
     self._shards = [_open_shard(os.path.join(folder, s), manifest, mpath)
                     for s in manifest['splits'][split]]
     self._ends = np.cumsum([len(s['label']) for s in self._shards])

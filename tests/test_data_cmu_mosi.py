@@ -1,5 +1,7 @@
 """CMU-MOSI builder from a tiny pickle in the MultiBench layout."""
 
+import pickle
+
 import ml_collections
 import numpy as np
 import pytest
@@ -85,3 +87,48 @@ def test_errors(tmp_path):
   cfg.pickle_name = 'mosi_data.pkl'
   mosi.prepare(cfg)
   assert len(mosi.load_split(cfg, 'train')) == 2
+
+
+def _write_marker(path):
+  with open(path, 'w') as f:
+    f.write('ran')
+
+
+class _Payload:
+  """Unpickles as _write_marker(path): a tampered pickle's code."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return _write_marker, (self.path,)
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+  src = tmp_path / 'src'
+  src.mkdir()
+  raw = fx.make_mosi_pickle(str(src / 'mosi_data.pkl'), sizes={'train': 2, 'valid': 1, 'test': 1},
+                            T=3)
+  marker = tmp_path / 'marker'
+  raw['test']['id'] = _Payload(str(marker))
+  with open(src / 'mosi_data.pkl', 'wb') as f:
+    pickle.dump(raw, f)
+  cfg = ml_collections.ConfigDict({'manual_dir': str(src), 'data_dir': str(tmp_path / 'tfds')})
+  with pytest.raises(prep.BadFileError) as e:
+    mosi.prepare(cfg)
+  msg = str(e.value)
+  assert '\n' not in msg and str(src / 'mosi_data.pkl') in msg
+  assert f'the global {_write_marker.__module__}._write_marker' in msg
+  assert not marker.exists()
+
+
+def test_protocol_2_pickle(tmp_path):
+  raw = fx.make_mosi_pickle(str(tmp_path / 'mosi_data.pkl'), sizes={'train': 2, 'valid': 1,
+                                                                   'test': 1}, T=3)
+  with open(tmp_path / 'mosi_data.pkl', 'wb') as f:
+    pickle.dump(raw, f, protocol=2)  # bytes as _codecs.encode, as older writers did.
+  data = mosi.load_pickle(str(tmp_path / 'mosi_data.pkl'))
+  for split in SIZES:
+    for k, v in raw[split].items():
+      np.testing.assert_array_equal(data[split][k], v)
+      assert data[split][k].dtype == v.dtype

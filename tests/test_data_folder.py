@@ -3,12 +3,14 @@
 import json
 import os
 import pickle
+import shutil
 
 import ml_collections
 import numpy as np
 import pytest
 
 from data import folder
+from data import safe_paths
 
 K = 3
 SHAPES = {'audio': (6, 5, 1), 'visual': (2, 4, 4, 3)}
@@ -114,6 +116,28 @@ def test_missing_shard(tmp_path, splits):
   os.remove(os.path.join(path, 'test-00001.npz'))
   with pytest.raises(FileNotFoundError, match='test-00001.npz listed in .*manifest.json'):
     folder.load_split(_cfg(path), 'test')
+
+
+def test_shards_must_stay_inside_the_folder(tmp_path, splits):
+  path = _write(tmp_path / 'ds', splits)
+  # A readable shard outside the folder: only the path check keeps it out.
+  shutil.copy(os.path.join(path, 'test-00000.npz'), tmp_path / 'elsewhere.npz')
+  os.symlink(tmp_path / 'elsewhere.npz', os.path.join(path, 'link.npz'))
+  os.symlink(os.path.join(path, 'test-00000.npz'), os.path.join(path, 'alias.npz'))
+  root = os.path.realpath(path)
+  for entry in ('../elsewhere.npz', str(tmp_path / 'elsewhere.npz'), 'link.npz'):
+    _edit_manifest(path, lambda m, bad=entry: m['splits'].update(test=['test-00000.npz', bad]))
+    for load in (lambda: folder.load_split(_cfg(path), 'test'),
+                 lambda: folder.info(_cfg(path))):
+      with pytest.raises(ValueError) as e:
+        load()
+      msg = str(e.value)
+      assert isinstance(e.value, safe_paths.UnsafePathError) and '\n' not in msg
+      assert repr(entry) in msg and f'the dataset folder {root}' in msg
+      assert 'manifest.json (splits.test)' in msg
+  # A symlink that stays inside the folder is an ordinary shard.
+  _edit_manifest(path, lambda m: m['splits'].update(test=['alias.npz']))
+  assert len(folder.load_split(_cfg(path), 'test')) == 3
 
 
 def test_shape_mismatch_with_manifest(tmp_path, splits):
