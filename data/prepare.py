@@ -5,6 +5,7 @@ Command line (run from the repository root):
   python -m data.prepare cremad --manual_dir=/data/CREMA-D --data_dir=/data/tfds
   python -m data.prepare kinetics_sounds --manual_dir=/data/ks --data_dir=/data/tfds
   python -m data.prepare cmu_mosi --manual_dir=/data/mosi --data_dir=/data/tfds
+  python -m data.prepare cg_mnist --manual_dir=/data/mnist --data_dir=/data/tfds
   # options that change what is stored (see each module's docstring):
   python -m data.prepare cremad ... --set frame_short_side=256 --set num_workers=2
   # skip and list unreadable files instead of stopping at them:
@@ -36,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-DATASETS = ('cremad', 'kinetics_sounds', 'cmu_mosi')
+DATASETS = ('cremad', 'kinetics_sounds', 'cmu_mosi', 'cg_mnist')
 
 
 # --------------------------------------------------------------------------
