@@ -12,6 +12,14 @@ Writes PNGs into --out:
                           fraction each factor kept it closed.
 A figure none of the runs has data for is skipped with a note on stderr. A directory
 without metrics.jsonl is searched for runs below it (e.g. a sweep root).
+
+Grid sweeps (`redreg_jax.sweep --grid`): `sweep_figures(report.table_rows(...), out)`,
+or `python -m redreg_jax.report ROOT --plots=DIR`, writes one PNG per swept field,
+sweep_<field>.png (sweep_<dataset>_<field>.png for several datasets): the split's
+accuracy, fused and per modality branch, against the field's values, one line per method
+(and per value of the other swept fields), error bars the std over seeds. Rows that do
+not vary the field (e.g. a `joint` reference without `optim.threshold`) are dashed
+horizontal lines.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import glob
 import json
 import math
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -384,6 +393,89 @@ def gate_figure(runs: Sequence[Run], colors, out_dir: str) -> str | None:
   for ax in axes:
     _style(ax, "epoch")
   return _save(fig, out_dir, "gate_activity.png")
+
+
+def _sweep_x(values):
+  """Plot positions of grid values: numeric as themselves, anything else as categories."""
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+  if numeric:
+    return {json.dumps(v): float(v) for v in values}, None
+  order = list(dict.fromkeys(json.dumps(v) for v in values))
+  return {k: float(i) for i, k in enumerate(order)}, order
+
+
+def sweep_figures(rows: Sequence[dict], out_dir: str, split: str = "test") -> list[str]:
+  """Accuracy (fused and each branch) against every swept value; one PNG per field.
+
+  Args:
+    rows: `report.table_rows(...)` rows; each has a 'grid' {field: value or None} and
+      (mean, std) accuracies in %.
+    out_dir: created if needed.
+    split: the split the rows were computed on (for the axis labels).
+  Returns:
+    Paths of the PNGs written (none when no row varies a field).
+  """
+  from redreg_jax import report  # pylint: disable=g-import-not-at-top
+  datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+  paths = []
+  for dataset in datasets:
+    rs = [r for r in rows if r["dataset"] == dataset]
+    fields = list(dict.fromkeys(f for r in rs for f in r.get("grid", {})))
+    mods = sorted({k[len("accuracy_"):] for r in rs for k in r if k.startswith("accuracy_")})
+    keys = ["accuracy"] + [f"accuracy_{m}" for m in mods]
+    for field in fields:
+      swept = [r for r in rs if r["grid"].get(field) is not None]
+      # A field only some rows vary: plot against it only if more than one value is seen.
+      if len({json.dumps(r["grid"][field]) for r in swept}) < 2:
+        continue
+      pos, categories = _sweep_x([r["grid"][field] for r in swept])
+      # One line per (method, values of the other swept fields).
+      lines: dict[str, list[dict]] = {}
+      for r in swept:
+        others = ", ".join(f"{f}={report.format_value(v)}" for f, v in r["grid"].items()
+                           if f != field and v is not None)
+        lines.setdefault(r["method"] + (f" ({others})" if others else ""), []).append(r)
+      refs = [r for r in rs if r["grid"].get(field) is None]
+      colors = _colors(len(lines) + len(refs))
+      fig = Figure(figsize=(4.4 * len(keys), 3.5))
+      axes = fig.subplots(1, len(keys), squeeze=False)[0]
+      xs_all = sorted(set(pos.values()))
+      for ax, key in zip(axes, keys):
+        for i, (label, lrs) in enumerate(lines.items()):
+          pts = sorted((pos[json.dumps(r["grid"][field])], *r[key]) for r in lrs if key in r)
+          if not pts:
+            continue
+          x, y, err = (np.asarray(c, np.float64) for c in zip(*pts))
+          ax.errorbar(x, y, yerr=err, marker="o", markersize=3.5, capsize=3, color=colors[i],
+                      label=label)
+        for j, r in enumerate(refs):
+          if key in r:
+            mean, std = r[key]
+            c = colors[len(lines) + j]
+            ax.axhline(mean, color=c, linestyle="--", linewidth=1.1,
+                       label=f"{r['method']} (no {field} sweep)")
+            ax.axhspan(mean - std, mean + std, color=c, alpha=0.1)
+        name = "fused" if key == "accuracy" else f"{key[len('accuracy_'):]} branch"
+        ax.set_title(f"{dataset}: {name} accuracy", fontsize=9)
+        ax.set_ylabel(f"{split} accuracy (%), mean ± std over seeds", fontsize=8)
+        _style(ax, field)
+        if categories is not None:
+          ax.set_xticks(range(len(categories)))
+          ax.set_xticklabels([report.format_value(json.loads(c)) for c in categories])
+        elif xs_all[0] > 0 and xs_all[-1] / xs_all[0] >= 10:
+          ax.set_xscale("log")  # e.g. thresholds 0.05 ... 1.5: spread the small values.
+          ax.set_xticks(xs_all)
+          ax.set_xticklabels([f"{x:g}" for x in xs_all])
+          ax.minorticks_off()
+        else:
+          ax.set_xticks(xs_all)
+        ax.legend(fontsize=7, loc="best")
+      os.makedirs(out_dir, exist_ok=True)
+      stem = re.sub(r"[^A-Za-z0-9._+-]", "_", field)
+      if len(datasets) > 1:
+        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", dataset) + "_" + stem
+      paths.append(_save(fig, out_dir, f"sweep_{stem}.png"))
+  return paths
 
 
 def make_figures(dirs: Sequence[str], out_dir: str, labels: Sequence[str] | None = None,

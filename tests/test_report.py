@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from redreg_jax import report
@@ -134,3 +135,173 @@ def test_runs_sharing_a_seed_are_flagged(sweep, tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "2 redreg runs on synthetic_av share seed 1" in err
   assert "redreg_again" in err and "seed_1" in err
+
+
+# ------------------------------------------------------------------- grid sweeps ---
+
+def _config(method, seed, **fields):
+  """A config.json as train.py writes it (nested), with dotted-field overrides."""
+  c = {"method": method, "seed": seed, "modalities": [], "num_epochs": 3,
+       "model": {"fusion": "concat", "width": 0.125},
+       "optim": {"lr": 0.01, **({"threshold": 0.15} if method == "redreg" else {})},
+       "train": {"input_threads": 2, "log_every_steps": 1}}
+  for field, value in fields.items():
+    node = c
+    *path, last = field.split(".")
+    for p in path:
+      node = node.setdefault(p, {})
+    node[last] = value
+  return c
+
+
+def _write_run(root, name, summary, config=None):
+  d = _write(root, name, summary)
+  if config is not None:
+    with open(os.path.join(d, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(config, f)
+  return d
+
+
+def _with_shapley(summary, audio, visual):
+  for split in ("validation", "test"):
+    summary[split].update(shapley_audio=audio, shapley_visual=visual,
+                          shapley_share_audio=audio / (audio + visual),
+                          shapley_share_visual=visual / (audio + visual),
+                          imbalance_gap=abs(audio - visual))
+  return summary
+
+
+@pytest.fixture
+def grid_sweep(tmp_path):
+  """redreg over optim.threshold in {0.05, 0.5} x seeds {0, 1}, and one joint reference."""
+  root = str(tmp_path / "grid")
+  accs = {0.05: (0.80, 0.84), 0.5: (0.60, 0.70)}
+  for thr, (a0, a1) in accs.items():
+    for seed, acc in enumerate((a0, a1)):
+      # The train.* bookkeeping differs by seed here: it must not split the rows.
+      _write_run(root, f"redreg/optim.threshold={thr}/seed_{seed}",
+                 _summary("redreg", seed, acc, 0.9, 0.3, 0.7),
+                 _config("redreg", seed, **{"optim.threshold": thr,
+                                            "train.input_threads": seed + 1}))
+  _write_run(root, "joint/seed_0", _summary("joint", 0, 0.70, 0.75, 0.25, 0.65),
+             _config("joint", 0))
+  return root
+
+
+def test_grid_rows_per_point_from_config_json(grid_sweep, capsys):
+  runs = report.find_summaries([grid_sweep])
+  assert report.duplicate_seed_warnings(runs) == []  # Seeds repeat across points only.
+  rows = report.table_rows(runs)
+  assert [(r["method"], r["grid"]) for r in rows] == [
+      ("joint", {"optim.threshold": None}), ("redreg", {"optim.threshold": 0.05}),
+      ("redreg", {"optim.threshold": 0.5})]
+  assert rows[1]["accuracy"] == pytest.approx((82.0, 8 ** 0.5))
+  assert rows[2]["accuracy"] == pytest.approx((65.0, 50 ** 0.5))
+  assert rows[1]["runs"] == 2 and rows[1]["seeds"] == "0,1"
+  md = report.to_markdown(rows).splitlines()
+  assert "| method | optim.threshold | accuracy | accuracy_audio | accuracy_visual | macro_f1 " \
+      "| runs | wall s/run |" in md
+  assert "| joint | — | 70.00 ± 0.00 | 75.00 ± 0.00 | 25.00 ± 0.00 | 65.00 ± 0.00 | 1 | 10 |" \
+      in md
+  assert any(l.startswith("| redreg | 0.05 | 82.00 ± 2.83 |") for l in md)
+  assert any(l.startswith("| redreg | 0.5 | 65.00 ± 7.07 |") for l in md)
+  # --by=none: the old grouping, every threshold averaged together.
+  rows = report.table_rows(runs, by="none")
+  assert [(r["method"], r["runs"]) for r in rows] == [("joint", 1), ("redreg", 4)]
+  assert report.duplicate_seed_warnings(runs, by="none")  # Seeds 0 and 1 twice each.
+  # CSV: the swept field is a column after method ('' where the row lacks it).
+  assert report.main([grid_sweep, "--csv=" + os.path.join(grid_sweep, "t.csv")]) == 0
+  assert capsys.readouterr().err == ""
+  with open(os.path.join(grid_sweep, "t.csv"), newline="", encoding="utf-8") as f:
+    table = list(csv.reader(f))
+  assert table[0][:3] == ["dataset", "method", "optim.threshold"]
+  assert [row[2] for row in table[1:]] == ["", "0.05", "0.5"]
+
+
+def test_config_json_wins_over_dir_names_and_path_is_the_fallback(tmp_path):
+  root = str(tmp_path)
+  # A misleading directory name: config.json says 0.05.
+  _write_run(root, "a/optim.threshold=9/seed_0", _summary("redreg", 0, 0.8, 0.9, 0.3, 0.7),
+             _config("redreg", 0, **{"optim.threshold": 0.05}))
+  _write_run(root, "a/optim.threshold=1.5/seed_0", _summary("redreg", 0, 0.6, 0.9, 0.3, 0.7),
+             _config("redreg", 0, **{"optim.threshold": 1.5}))
+  rows = report.table_rows(report.find_summaries([os.path.join(root, "a")]))
+  assert [r["grid"] for r in rows] == [{"optim.threshold": 0.05}, {"optim.threshold": 1.5}]
+  # No config.json: the sweep's FIELD=V[,FIELD2=V2] directory, percent-decoded.
+  for i, part in enumerate(["model.fusion=film,optim.lr_decay_epochs=%284%2C%29",
+                            "model.fusion=concat,optim.lr_decay_epochs=%288%2C%29"]):
+    _write_run(root, f"b/joint/{part}/seed_0", _summary("joint", 0, 0.5 + 0.1 * i, 0.9, 0.3,
+                                                        0.7))
+  rows = report.table_rows(report.find_summaries([os.path.join(root, "b")]))
+  assert [r["grid"] for r in rows] == [
+      {"model.fusion": "concat", "optim.lr_decay_epochs": [8]},
+      {"model.fusion": "film", "optim.lr_decay_epochs": [4]}]
+  md = report.to_markdown(rows)
+  assert "| method | model.fusion | optim.lr_decay_epochs | accuracy |" in md
+  assert "| joint | film | [4] | 50.00 ± 0.00 |" in md
+
+
+def test_by_explicit_fields_and_product_grid(tmp_path):
+  root = str(tmp_path)
+  for fusion in ("concat", "film"):
+    for thr in (0.5, 0.05):
+      for seed in (0, 1):
+        acc = 0.5 + thr / 10 + (0.1 if fusion == "film" else 0.0)
+        _write_run(root, f"redreg/model.fusion={fusion},optim.threshold={thr}/seed_{seed}",
+                   _summary("redreg", seed, acc, 0.9, 0.3, 0.7),
+                   _config("redreg", seed, **{"model.fusion": fusion,
+                                              "optim.threshold": thr}))
+  runs = report.find_summaries([root])
+  rows = report.table_rows(runs)  # Auto: both fields, numbers sorted by value.
+  assert [tuple(r["grid"].values()) for r in rows] == [
+      ("concat", 0.05), ("concat", 0.5), ("film", 0.05), ("film", 0.5)]
+  assert all(r["runs"] == 2 for r in rows)
+  rows = report.table_rows(runs, by=["optim.threshold"])  # Fusions averaged together.
+  assert [(r["grid"], r["runs"]) for r in rows] == [({"optim.threshold": 0.05}, 4),
+                                                    ({"optim.threshold": 0.5}, 4)]
+  assert report.main([root, "--by=optim.threshold"]) == 0
+
+
+def test_shapley_columns_and_gap(tmp_path):
+  root = str(tmp_path)
+  for seed, (a, v) in enumerate([(0.5, 0.1), (0.3, 0.1)]):
+    _write(root, f"joint/seed_{seed}",
+           _with_shapley(_summary("joint", seed, 0.8, 0.9, 0.3, 0.7), a, v))
+  _write(root, "old/seed_0", _summary("redreg", 0, 0.8, 0.9, 0.3, 0.7))  # From before Shapley.
+  rows = {r["method"]: r for r in report.table_rows(report.find_summaries([root]))}
+  j = rows["joint"]
+  assert j["shapley_audio"] == pytest.approx((40.0, 200 ** 0.5))
+  assert j["shapley_visual"] == pytest.approx((10.0, 0.0))
+  assert j["imbalance_gap"] == pytest.approx((30.0, 200 ** 0.5))
+  assert j["shapley_share_audio"][0] == pytest.approx(100 * (5 / 6 + 3 / 4) / 2)
+  assert "shapley_audio" not in rows["redreg"]
+  md = report.to_markdown(list(rows.values())).splitlines()
+  assert "| method | accuracy | accuracy_audio | accuracy_visual | macro_f1 | shapley_audio | " \
+      "shapley_visual | imbalance_gap | runs | wall s/run |" in md
+  assert any(l.startswith("| joint |") and "| 40.00 ± 14.14 | 10.00 ± 0.00 | 30.00 ± 14.14 |"
+             in l for l in md)
+  assert any(l.startswith("| redreg |") and l.endswith("| — | — | — | 1 | 10 |") for l in md)
+  csv_path = str(tmp_path / "t.csv")
+  report.write_csv(list(rows.values()), csv_path)
+  with open(csv_path, newline="", encoding="utf-8") as f:
+    table = {r["method"]: r for r in csv.DictReader(f)}
+  assert table["joint"]["shapley_share_visual_mean"] != "" and \
+      table["redreg"]["imbalance_gap_mean"] == ""
+
+
+def test_sweep_plots_one_png_per_field(grid_sweep, tmp_path, capsys):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from redreg_jax import plots  # pylint: disable=g-import-not-at-top
+  rows = report.table_rows(report.find_summaries([grid_sweep]))
+  paths = plots.sweep_figures(rows, str(tmp_path / "figs"))
+  assert [os.path.basename(p) for p in paths] == ["sweep_optim.threshold.png"]
+  with Image.open(paths[0]) as im:
+    assert im.size[0] > 600 and im.size[1] > 200
+    assert np.asarray(im.convert("L"), np.float32).std() > 1.0
+  # From the command line; runs without a grid give a note, not an error.
+  assert report.main([grid_sweep, f"--plots={tmp_path / 'cli'}"]) == 0
+  assert "sweep_optim.threshold.png" in capsys.readouterr().err
+  plain = str(tmp_path / "plain")
+  _write(plain, "joint/seed_0", _summary("joint", 0, 0.7, 0.7, 0.3, 0.7))
+  assert report.main([plain, f"--plots={tmp_path / 'none'}"]) == 0
+  assert "no swept field" in capsys.readouterr().err
