@@ -26,8 +26,6 @@ def get_config(arg=None):
   c.batch_size = 64
   c.optim.lr = 0.01
   c.optim.lr_decay_epochs = (8,)
-  if "warmup_epochs" in c.optim:
-    c.optim.warmup_epochs = 2
   c.train.progress_every = 20
   if arg.smoke:
     c.data.num_train, c.data.num_validation, c.data.num_test = 256, 64, 64
@@ -38,8 +36,8 @@ def get_config(arg=None):
     c.optim.lr_decay_epochs = (2,)
     c.train.progress_every = 8
     c.train.checkpoint_every_steps = 16
-    if "warmup_epochs" in c.optim:  # Let regulation act within the 3 smoke epochs.
-      c.optim.warmup_epochs = 1
+    if c.optim.get("warmup_epochs", 0) > 1:  # Let regulation act within 3 epochs
+      c.optim.warmup_epochs = 1             # (a preset's shorter warm-up is kept).
   if arg.tiny:  # For tests: the real code paths at toy sizes (a 4-channel ResNet-18).
     c.data.update(num_train=64, num_validation=32, num_test=32, audio_freq=16, audio_time=16,
                   frames=1, image_size=16, num_classes=4)

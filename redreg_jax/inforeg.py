@@ -35,20 +35,28 @@ __all__ = [
     'regulation_strength', 'window_ratio',
 ]
 
-# Hyper-parameters of the two InfoReg variants (SPEC §3); pass one as
-# `inforeg_transform(modalities, labels, **INFOREG_PRESETS[name])`.
+TRACE_FORMS = ('paper', 'released')
+SCORE_FORMS = ('mean', 'sum')
+ALPHA_FORMS = ('paper', 'released')
+
+# Hyper-parameters of the two InfoReg variants (docs/methods.md, docs/reproducing.md);
+# pass one as `inforeg_transform(modalities, labels, **INFOREG_PRESETS[name])`.
 INFOREG_PRESETS: dict[str, dict[str, Any]] = {
     # The paper: each modality's own trace, epoch-to-epoch change, K = 0.04
     # (Fig.8), beta = 0.9 (Fig.7), no regulation before epoch 2 (Algorithm 1).
     'inforeg': dict(beta=0.9, threshold_k=0.04, moving_average=1,
                     trace_modalities=None, warmup_epochs=2),
-    # The released code: one window for all modalities from the audio trace,
-    # 10-epoch moving averages (zero-padded before epoch 10), K = 0.05, and the
-    # window test already open at epoch 0. Not reproduced (SPEC §3 keeps the
-    # paper's forms): its alpha 0.95 exp(tanh(gap of batch *sums*)), its trace
-    # of per-layer means taken after regulation, and regulating audio only.
+    # The released code (GeWu-Lab/InfoReg_CVPR2025 main.py): one window for all
+    # modalities from the audio trace, 10-epoch moving averages (zero-padded before
+    # epoch 10), K = 0.05, the window test open at epoch 0; the trace summed over
+    # steps of per-layer element means of g^2 after regulation; batch-sum scores;
+    # alpha = 0.95 exp(tanh(gap)) when the first modality leads, 0.1 exp(tanh(gap))
+    # when the second does. (Its shared-head unimodal losses are a loss term, set
+    # by the method table.)
     'inforeg_official': dict(beta=0.9, threshold_k=0.05, moving_average=10,
-                             trace_modalities=('audio',), warmup_epochs=0),
+                             trace_modalities=('audio',), warmup_epochs=0,
+                             trace_form='released', score_form='sum',
+                             alpha_form='released', alpha_scales=(0.95, 0.1)),
 }
 
 
@@ -107,6 +115,20 @@ def regulation_strength(delta_M: jax.Array, beta: float) -> jax.Array:
   return jnp.exp(beta * jnp.tanh(delta_M))
 
 
+def released_regulation_strength(delta_M: jax.Array, scales_M: jax.Array) -> jax.Array:
+  """alpha_m = scale_m * exp(tanh(Delta_m)), the released code's form of Eq.16.
+
+  The released InfoReg main.py uses 0.95 for audio and 0.1 for visual, with
+  beta = 1 inside the exponent.
+  """
+  return jnp.asarray(scales_M, jnp.float32) * jnp.exp(jnp.tanh(delta_M))
+
+
+def _is_kernel(path) -> bool:
+  """Weights of convolution and linear layers: leaves named 'kernel'."""
+  return bool(path) and getattr(path[-1], 'key', None) == 'kernel'
+
+
 def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
   modalities = tuple(modalities) if not isinstance(modalities, str) else (modalities,)
   if len(modalities) < 2 or len(set(modalities)) != len(modalities) or not all(
@@ -143,6 +165,10 @@ def inforeg_transform(
     moving_average: int = 1,
     trace_modalities: Sequence[str] | None = None,
     warmup_epochs: int = 2,
+    trace_form: str = 'paper',
+    score_form: str = 'mean',
+    alpha_form: str = 'paper',
+    alpha_scales: Sequence[float] = (),
 ) -> optax.GradientTransformationExtraArgs:
   """Adds InfoReg's adaptive unimodal regulation to the encoder gradients.
 
@@ -159,6 +185,16 @@ def inforeg_transform(
       window test runs once, on the summed trace of these modalities, and applies
       to all (the official code: ('audio',)).
     warmup_epochs: no regulation before this epoch (Algorithm 1: 2; official: 0).
+    trace_form: 'paper' (Tr(F_m) = mean over the epoch's steps of ||g_m||^2 of the
+      unregulated gradient, Eq.7, 13) or 'released' (per conv/linear kernel of the
+      encoder, the element mean of the sum over steps of g^2 taken after
+      regulation, summed over kernels).
+    score_form: s_m as the batch 'mean' (the paper's scale) or 'sum' (released
+      code) of the true-class probabilities.
+    alpha_form: 'paper' (alpha = exp(beta tanh(Delta_m)), Eq.16) or 'released'
+      (alpha_m = alpha_scales[m] * exp(tanh(Delta_m))).
+    alpha_scales: one scale per modality for alpha_form='released' (released code:
+      (0.95, 0.1) for (audio, visual)).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose `update` needs `params` and
@@ -194,6 +230,22 @@ def inforeg_transform(
           f'inforeg_transform: trace_modalities must be None or a non-empty subset of '
           f'{modalities!r}; got {trace_modalities!r}.')
     trace_idx = jnp.asarray([modalities.index(m) for m in trace_modalities])
+  for name, value, allowed in (('trace_form', trace_form, TRACE_FORMS),
+                               ('score_form', score_form, SCORE_FORMS),
+                               ('alpha_form', alpha_form, ALPHA_FORMS)):
+    if value not in allowed:
+      raise ValueError(f'inforeg_transform: {name} must be one of {allowed}; got {value!r}.')
+  alpha_scales = tuple(alpha_scales)
+  if alpha_form == 'released':
+    if len(alpha_scales) != len(modalities) or not all(
+        isinstance(a, numbers.Real) and 0 <= a < float('inf') for a in alpha_scales):
+      raise ValueError(
+          f'inforeg_transform: alpha_form=\'released\' needs alpha_scales, one finite '
+          f'number >= 0 per modality {modalities!r} (released code: (0.95, 0.1)); got '
+          f'{alpha_scales!r}.')
+  elif alpha_scales:
+    raise ValueError("inforeg_transform: alpha_scales is only read with alpha_form='released'"
+                     f'; got alpha_scales={alpha_scales!r} with alpha_form={alpha_form!r}.')
   num_m = len(modalities)
 
   def init_fn(params: PyTree) -> InfoRegState:
@@ -223,6 +275,7 @@ def inforeg_transform(
       raise ValueError(
           'inforeg_transform: update needs the keyword observations=Observations(...).')
     labels = _leaf_labels(param_labels, params, modalities)
+    kernel = [_is_kernel(path) for path, _ in jax.tree_util.tree_flatten_with_path(updates)[0]]
     g_leaves, treedef = jax.tree.flatten(updates)
     w_leaves = treedef.flatten_up_to(params)
     anchor_leaves = treedef.flatten_up_to(state.anchor)
@@ -236,11 +289,12 @@ def inforeg_transform(
     # An epoch change closes the previous epoch's trace and re-takes the anchor.
     epoch = jnp.asarray(observations.epoch, jnp.int32)
     new_epoch = epoch != state.epoch
-    closed_M = state.trace_sum / jnp.maximum(state.trace_steps, 1)
+    closed_M = (state.trace_sum / jnp.maximum(state.trace_steps, 1) if trace_form == 'paper'
+                else state.trace_sum)  # The released code never divides by the steps.
     push = new_epoch & (state.trace_steps > 0)
     rolled_NxM = jnp.concatenate([state.trace_history[1:], closed_M[None]], axis=0)
     history_NxM = jnp.where(push, rolled_NxM, state.trace_history)
-    trace_sum_M = jnp.where(new_epoch, 0.0, state.trace_sum) + sq_norm_M
+    trace_sum_M = jnp.where(new_epoch, 0.0, state.trace_sum)
     trace_steps = jnp.where(new_epoch, 0, state.trace_steps) + 1
     anchor_leaves = [jnp.where(new_epoch, w, a) for w, a in zip(w_leaves, anchor_leaves)]
 
@@ -252,10 +306,18 @@ def inforeg_transform(
       ratio_M = jnp.broadcast_to(window_ratio(shared), (num_m,))
     in_window_M = (epoch >= warmup_epochs) & (ratio_M > threshold_k)
 
-    score_M = true_class_probs(observations, modalities)  # s_m (SPEC §3).
+    # s_m: the batch mean true-class probability (the paper's Eq.9-10 read with a
+    # higher-is-better score; docs/methods.md), or the released code's batch sum.
+    score_M = true_class_probs(observations, modalities)
+    if score_form == 'sum':
+      score_M = score_M * observations.labels.shape[0]
     delta_M = performance_gap(score_M)  # Eq.9-10
     active_M = in_window_M & (delta_M > 0)
-    coef_M = jnp.where(active_M, regulation_strength(delta_M, beta), 0.0)  # Eq.16
+    if alpha_form == 'paper':
+      strength_M = regulation_strength(delta_M, beta)  # Eq.16
+    else:
+      strength_M = released_regulation_strength(delta_M, alpha_scales)
+    coef_M = jnp.where(active_M, strength_M, 0.0)
 
     out_leaves = []
     for g, w, a, label in zip(g_leaves, w_leaves, anchor_leaves, labels):
@@ -264,11 +326,20 @@ def inforeg_transform(
         # Gradient of P = alpha/2 ||w - w^{epoch start}||^2 (Eq.12).
         g = (g + coef * (w - a)).astype(g.dtype)
       out_leaves.append(g)
+    if trace_form == 'paper':
+      trace_sum_M = trace_sum_M + sq_norm_M  # Closed as a mean over steps.
+    else:  # Released: sum_kernels mean_elements(sum_steps g_reg^2), g_reg after Eq.12.
+      trace_sum_M = trace_sum_M + jnp.stack([
+          sum((jnp.mean(jnp.square(g.astype(jnp.float32)))
+               for g, label, k in zip(out_leaves, labels, kernel) if label == m and k),
+              jnp.zeros((), jnp.float32))
+          for m in modalities])
 
     new_state = InfoRegState(
         epoch=epoch, trace_sum=trace_sum_M, trace_steps=trace_steps,
         trace_history=history_NxM, anchor=treedef.unflatten(anchor_leaves),
-        diagnostics=_diagnostics(trace_sum_M / trace_steps, ratio_M, in_window_M,
+        diagnostics=_diagnostics(trace_sum_M / trace_steps if trace_form == 'paper'
+                                 else trace_sum_M, ratio_M, in_window_M,
                                  score_M, delta_M, coef_M))
     return treedef.unflatten(out_leaves), new_state
 

@@ -106,14 +106,32 @@ class _PaddedSource:
     return ex
 
 
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-  return num_examples // global_batch
+def partial_batch_size(num_examples: int, global_batch: int, granularity: int = 1) -> int:
+  """Size of the kept last partial batch: the remainder, down to a multiple of `granularity`.
+
+  `granularity` is the global device count: a batch is split evenly over the devices,
+  so on one device the whole remainder is kept (as PyTorch's DataLoader does by default).
+  """
+  tail = num_examples % global_batch
+  return tail - tail % max(1, granularity)
+
+
+def steps_per_epoch(num_examples: int, global_batch: int, keep_partial: bool = False,
+                    granularity: int = 1) -> int:
+  """Full batches per epoch, plus one for a kept partial batch."""
+  extra = keep_partial and partial_batch_size(num_examples, global_batch, granularity) > 0
+  return num_examples // global_batch + int(extra)
 
 
 def train_batches(source, preprocess: Preprocess | None, keys: Sequence[str], *,
                   global_batch: int, seed: int, epoch: int, start_batch: int = 0,
-                  num_threads: int = 2, prefetch: int = 4) -> Iterator[dict]:
-  """Process-local training batches of epoch `epoch`, from global batch `start_batch` on."""
+                  num_threads: int = 2, prefetch: int = 4, keep_partial: bool = False,
+                  granularity: int = 1) -> Iterator[dict]:
+  """Process-local training batches of epoch `epoch`, from global batch `start_batch` on.
+
+  With `keep_partial`, the epoch ends with one smaller batch of the remaining
+  examples (see `partial_batch_size`); its new shape costs one more compilation.
+  """
   p, n_proc = jax.process_index(), jax.process_count()
   if global_batch % n_proc:
     raise ValueError(f"batch size {global_batch} is not divisible by {n_proc} processes")
@@ -122,11 +140,20 @@ def train_batches(source, preprocess: Preprocess | None, keys: Sequence[str], *,
   if preprocess is not None:
     ds = ds.random_map(preprocess, seed=seed * 100_019 + epoch)
   ds = ds.map(_select(keys))
-  num_batches = steps_per_epoch(len(source), global_batch)
-  ds = ds.batch(local, drop_remainder=True)[: num_batches * n_proc]
-  ds = ds[(start_batch * n_proc + p)::n_proc]
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch)))
+  num_batches = len(source) // global_batch
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  full = ds.batch(local, drop_remainder=True)[: num_batches * n_proc]
+  full = full[(start_batch * n_proc + p)::n_proc]
+  tail = partial_batch_size(len(source), global_batch, granularity) if keep_partial else 0
+  if not tail:
+    return iter(full.to_iter_dataset(options))
+  if tail % n_proc:
+    raise ValueError(f"the partial batch of {tail} examples is not divisible by {n_proc} "
+                     "processes")
+  first = num_batches * global_batch
+  last = ds[first:first + tail].batch(tail // n_proc)[p:p + 1]
+  parts = ([full] if start_batch < num_batches else []) + [last]
+  return (b for part in parts for b in part.to_iter_dataset(options))
 
 
 def eval_batches(source, preprocess: Preprocess | None, keys: Sequence[str], *,

@@ -4,10 +4,25 @@ Parameter layout (what label functions and transforms rely on):
   params['encoder_<modality>']   one encoder per modality
   params['fusion']               the fused classifier (a linear head inside the fusion)
   params['head_<modality>']      optional unimodal heads Linear(d_m, K) (the "*" variants)
+
+Subset logits (modality Shapley values, `metrics.modality_contributions`): for a subset S
+of the modalities, the fused head applied with the pooled features z_m of every m not in
+S set to zero, before the fusion, with the full bias (never split). What that zero means
+per fusion:
+  concat  sum_{m in S} W_m z_m + b; S empty: b.
+  sum     sum_{m in S} (W_m z_m + b_m) + sum_{m not in S} b_m (each fc_m keeps its bias).
+  film    gamma, beta = FiLM(z_c) of the conditioning (first) modality c; zeroing c
+          leaves gamma, beta = the FiLM bias; a zeroed target slice is gamma * 0 + beta,
+          so c still acts there through beta.
+  gated   gate = sigmoid(G z_c + g_b) times value(concat of the others); zeroing c leaves
+          sigmoid(g_b), zeroing every other modality leaves gate * value bias.
+Singleton subsets are the branch logits of SPEC §1 (with branch_bias='full' and no
+unimodal heads); the full subset is the fused logits.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -18,6 +33,9 @@ import jax.numpy as jnp
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # Xavier (Glorot) uniform for every linear layer (SPEC §6).
 dense_init = nn.initializers.xavier_uniform()
+# The classifier's linear layers (fusion and unimodal heads) by `linear_init`: the
+# released RedReg code draws them Xavier-normal.
+LINEAR_INITS = {"xavier_uniform": dense_init, "xavier_normal": nn.initializers.xavier_normal()}
 
 RESNET18_WIDTHS = (64, 128, 256, 512)
 
@@ -120,7 +138,43 @@ class MLPEncoder(nn.Module):
     return h, h.astype(jnp.float32)
 
 
-ENCODER_KINDS = ("resnet18", "transformer", "mlp")
+CONV4_CHANNELS = (32, 32, 64, 64)
+
+
+class Conv4Encoder(nn.Module):
+  """PMR/MMPareto's CG-MNIST encoder: 4 convolutions, average pool, Linear to `dim`.
+
+  PMR's released `convnet` (models/basic_model.py; PMR §5.2, MMPareto §4.1 "4 convolution
+  layers and 1 average pool layer"): BatchNorm on the input, conv 5x5 s1 -> ReLU ->
+  max-pool 3x3 s2 -> conv 3x3 s1 -> ReLU -> conv 3x3 s2 -> ReLU -> conv 3x3 s1 -> ReLU
+  (channels 32, 32, 64, 64 times `width`; 28x28 -> 14x14 -> 7x7), then a global average
+  pool and Linear(64, dim). Returns (the last ReLU map [B, h, w, C], the Linear output
+  [B, dim]); `dim` (512, as PMR) is the pooled size, the same for every modality.
+  """
+  dim: int = 512
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, train: bool):
+    if x_BxHxWxC.ndim != 4:
+      raise ValueError(f"Conv4Encoder expects [B, H, W, C] input, got {x_BxHxWxC.shape}")
+    chans = [max(1, int(round(c * self.width))) for c in CONV4_CHANNELS]
+    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
+                                         kernel_init=conv_init, dtype=self.dtype, name=name)
+    x = _batch_norm(train, self.dtype, "bn0")(x_BxHxWxC.astype(self.dtype))
+    x = nn.relu(conv(chans[0], 5, 1, "conv1")(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    x = nn.relu(conv(chans[1], 3, 1, "conv2")(x))
+    x = nn.relu(conv(chans[2], 3, 2, "conv3")(x))
+    fmap_BxhxwxC = nn.relu(conv(chans[3], 3, 1, "conv4")(x))
+    # PMR's AvgPool2d(7) on the 7x7 map: a global average pool for 28x28 inputs.
+    pooled = jnp.mean(fmap_BxhxwxC.astype(jnp.float32), axis=(1, 2))
+    z_BxD = nn.Dense(self.dim, kernel_init=dense_init, name="fc")(pooled)
+    return fmap_BxhxwxC, z_BxD
+
+
+ENCODER_KINDS = ("resnet18", "transformer", "mlp", "conv4")
 
 
 def make_encoder(kind: str, width: float, dtype, name=None, **kwargs) -> nn.Module:
@@ -138,6 +192,11 @@ def make_encoder(kind: str, width: float, dtype, name=None, **kwargs) -> nn.Modu
       raise ValueError(f"Unknown mlp encoder option(s) {unknown}; valid: hidden.")
     return MLPEncoder(hidden=int(kwargs.get("hidden", resnet18_widths(width)[-1])),
                       dtype=dtype, name=name)
+  if kind == "conv4":
+    unknown = sorted(set(kwargs) - {"dim"})
+    if unknown:
+      raise ValueError(f"Unknown conv4 encoder option(s) {unknown}; valid: width, dim.")
+    return Conv4Encoder(dim=int(kwargs.get("dim", 512)), width=width, dtype=dtype, name=name)
   raise ValueError(f"Unknown encoder kind {kind!r}; valid: {', '.join(ENCODER_KINDS)}.")
 
 
@@ -175,20 +234,22 @@ def default_encoder_spec(modality: str, shape: Sequence[int], width: float) -> d
 class ConcatFusion(nn.Module):
   num_classes: int
   modalities: Sequence[str]
+  kernel_init: Any = dense_init
 
   @nn.compact
   def __call__(self, feats: Mapping[str, jax.Array]):
     z = jnp.concatenate([feats[m] for m in self.modalities], axis=-1)
-    return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(z)
+    return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(z)
 
 
 class SumFusion(nn.Module):
   num_classes: int
   modalities: Sequence[str]
+  kernel_init: Any = dense_init
 
   @nn.compact
   def __call__(self, feats):
-    return sum(nn.Dense(self.num_classes, kernel_init=dense_init, name=f"fc_{m}")(feats[m])
+    return sum(nn.Dense(self.num_classes, kernel_init=self.kernel_init, name=f"fc_{m}")(feats[m])
                for m in self.modalities)
 
 
@@ -196,24 +257,26 @@ class FiLMFusion(nn.Module):
   """Feature-wise linear modulation: gamma, beta from the first modality."""
   num_classes: int
   modalities: Sequence[str]
+  kernel_init: Any = dense_init
   hidden: int = 0  # 0: the size of the modulated features.
 
   @nn.compact
   def __call__(self, feats):
     cond = feats[self.modalities[0]]
     target = jnp.concatenate([feats[m] for m in self.modalities[1:]], axis=-1)
-    gamma_beta = nn.Dense(2 * target.shape[-1], kernel_init=dense_init, name="film")(cond)
+    gamma_beta = nn.Dense(2 * target.shape[-1], kernel_init=self.kernel_init, name="film")(cond)
     gamma, beta = jnp.split(gamma_beta, 2, axis=-1)
     h = gamma * target + beta
     if self.hidden:
-      h = nn.Dense(self.hidden, kernel_init=dense_init, name="hidden")(h)
-    return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(h)
+      h = nn.Dense(self.hidden, kernel_init=self.kernel_init, name="hidden")(h)
+    return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(h)
 
 
 class GatedFusion(nn.Module):
   """Sigmoid gate from the first modality on a projection of the others."""
   num_classes: int
   modalities: Sequence[str]
+  kernel_init: Any = dense_init
   hidden: int = 0  # 0: the size of the gated features.
 
   @nn.compact
@@ -221,9 +284,9 @@ class GatedFusion(nn.Module):
     cond = feats[self.modalities[0]]
     target = jnp.concatenate([feats[m] for m in self.modalities[1:]], axis=-1)
     dim = self.hidden or target.shape[-1]
-    gate = nn.sigmoid(nn.Dense(dim, kernel_init=dense_init, name="gate")(cond))
-    value = nn.Dense(dim, kernel_init=dense_init, name="value")(target)
-    return nn.Dense(self.num_classes, kernel_init=dense_init, name="head")(gate * value)
+    gate = nn.sigmoid(nn.Dense(dim, kernel_init=self.kernel_init, name="gate")(cond))
+    value = nn.Dense(dim, kernel_init=self.kernel_init, name="value")(target)
+    return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(gate * value)
 
 
 FUSIONS = {"concat": ConcatFusion, "sum": SumFusion, "film": FiLMFusion, "gated": GatedFusion}
@@ -237,6 +300,7 @@ class MultimodalClassifier(nn.Module):
     branch_logits  {m: [B, K]} per-modality logits as SPEC §1 defines them
     features       {m: [B, D_m]} pooled encoder features
     unimodal_logits {m: [B, K]} (only with unimodal heads)
+    subset_logits  {subset: [B, K]} (only when called with `subsets`; see the module doc)
   """
   modalities: Sequence[str]
   num_classes: int
@@ -246,6 +310,7 @@ class MultimodalClassifier(nn.Module):
   unimodal_heads: bool = False
   branch_bias: str = "full"  # 'full': W_m z_m + b; 'split': W_m z_m + b/M (OGM/InfoReg)
   dtype: Any = jnp.float32
+  linear_init: str = "xavier_uniform"  # fusion and unimodal heads (see LINEAR_INITS)
 
   @nn.nowrap
   def encoder(self, m: str, name=None) -> nn.Module:
@@ -256,22 +321,45 @@ class MultimodalClassifier(nn.Module):
     return make_encoder(kind, width, self.dtype, name=name, **spec)
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, jax.Array], train: bool):
+  def __call__(self, inputs: Mapping[str, jax.Array], train: bool,
+               subsets: Sequence[Sequence[str]] | None = None):
+    """Forward pass; `subsets` (e.g. `all_subsets(modalities)`) adds 'subset_logits'."""
     if self.fusion not in FUSIONS:
       raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {sorted(FUSIONS)}")
     feats = {}
     for m in self.modalities:
       _, feats[m] = self.encoder(m, name=f"encoder_{m}")(inputs[m], train)
-    fusion = FUSIONS[self.fusion](self.num_classes, tuple(self.modalities), name="fusion")
+    if self.linear_init not in LINEAR_INITS:
+      raise ValueError(f"Unknown linear_init {self.linear_init!r}; valid: {sorted(LINEAR_INITS)}")
+    head_init = LINEAR_INITS[self.linear_init]
+    fusion = FUSIONS[self.fusion](self.num_classes, tuple(self.modalities), head_init,
+                                  name="fusion")
     logits = fusion(feats)
     out = {"logits": logits, "features": feats}
     if self.unimodal_heads:
       out["unimodal_logits"] = {
-          m: nn.Dense(self.num_classes, kernel_init=dense_init, name=f"head_{m}")(feats[m])
+          m: nn.Dense(self.num_classes, kernel_init=head_init, name=f"head_{m}")(feats[m])
           for m in self.modalities}
       out["branch_logits"] = dict(out["unimodal_logits"])
     else:
       out["branch_logits"] = self._branch_logits(fusion, feats)
+    if subsets is not None:
+      out["subset_logits"] = self._subset_logits(fusion, feats, logits, subsets)
+    return out
+
+  def _subset_logits(self, fusion, feats, logits, subsets):
+    """{subset: fused head with the pooled features outside the subset zeroed}."""
+    out = {}
+    for s in subsets:
+      unknown = sorted(set(s) - set(self.modalities))
+      if unknown:
+        raise ValueError(f"subset {tuple(s)} names {unknown}, not among "
+                         f"{list(self.modalities)}.")
+      key = tuple(m for m in self.modalities if m in s)  # One key per subset, model order.
+      if len(key) == len(self.modalities):  # Nothing zeroed: the fused logits themselves.
+        out[key] = logits
+      else:
+        out[key] = fusion({m: f if m in key else jnp.zeros_like(f) for m, f in feats.items()})
     return out
 
   def _branch_logits(self, fusion, feats):
@@ -286,6 +374,28 @@ class MultimodalClassifier(nn.Module):
     elif self.branch_bias != "full":
       raise ValueError(f"Unknown branch_bias {self.branch_bias!r}; valid: 'full', 'split'.")
     return branch
+
+
+def all_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+  """Every subset of the modalities, by size (empty first), each in the modalities' order."""
+  mods = tuple(modalities)
+  return [c for k in range(len(mods) + 1) for c in itertools.combinations(mods, k)]
+
+
+def subset_logits(model: MultimodalClassifier, variables, inputs: Mapping[str, jax.Array],
+                  subsets: Sequence[Sequence[str]] | None = None) -> dict:
+  """Inference-mode fused logits per modality subset (features outside it zeroed).
+
+  Args:
+    model: the classifier.
+    variables: {'params': ..., 'batch_stats': ...} as for `model.apply`.
+    inputs: {modality: batch}.
+    subsets: the subsets to evaluate (default: all 2^M).
+  Returns:
+    {subset (tuple in the model's modality order): [B, K] logits}.
+  """
+  subsets = all_subsets(model.modalities) if subsets is None else subsets
+  return model.apply(variables, inputs, train=False, subsets=subsets)["subset_logits"]
 
 
 def modality_labels(params) -> Any:

@@ -120,12 +120,21 @@ def redreg_transform(
     projection: str = 'per_tensor',
     beta_schedule: str = 'constant',
     reset_window_each_epoch: bool = False,
+    growth_before_full: str = 'closed',
+    ema_init: str = 'value',
+    ema_reset_each_epoch: bool = False,
+    coinfo_compare: str = 'ge',
     anchor: str = 'epoch',
     anchor_ema_decay: float = 0.99,
     use_monitor: bool = True,
     use_gate: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  """RedReg: rate-limits the dominant encoder orthogonally to its gradient (SPEC §2).
+  """RedReg: rate-limits the dominant encoder orthogonally to its gradient.
+
+  The defaults are the paper's (docs/methods.md); each switch documented as
+  "released code" reproduces the authors' released training script instead
+  (docs/reproducing.md), and `redreg_jax.methods` turns them all on in the
+  `redreg_official` preset.
 
   Args:
     modalities: modality names, M >= 2, in the order used for the state arrays.
@@ -144,7 +153,15 @@ def redreg_transform(
     ema_momentum: momentum of the redundancy EMA.
     projection: 'per_tensor' (official) or 'global' (whole encoder, Eq.28-29).
     beta_schedule: 'constant' (paper) or 'confidence_gap' (official).
-    reset_window_each_epoch: empty the p_m window at each new epoch (official).
+    reset_window_each_epoch: empty the p_m window at each new epoch (released code).
+    growth_before_full: 'closed' (S = 0 and the gate shut until the window holds
+      L+1 values, the paper) or 'one' (S = 1.0 and the window never shuts the
+      gate, released code).
+    ema_init: 'value' (the EMA starts at the first score) or 'zero' (released
+      code: the first normalised score is 1 / (1 - ema_momentum)).
+    ema_reset_each_epoch: restart the redundancy EMA at every new epoch
+      (released code).
+    coinfo_compare: 'ge' (sim >= tau, Eq.25) or 'gt' (sim > tau, released code).
     anchor: 'epoch' (params at the start of each epoch, official) or 'ema'
       (anchor <- decay * anchor + (1 - decay) * params after each step).
     anchor_ema_decay: decay of the 'ema' anchor.
@@ -178,6 +195,10 @@ def redreg_transform(
   _check_choice('projection', projection, sig.PROJECTIONS)
   _check_choice('beta_schedule', beta_schedule, sig.BETA_SCHEDULES)
   _check_bool('reset_window_each_epoch', reset_window_each_epoch)
+  _check_choice('growth_before_full', growth_before_full, sig.GROWTH_BEFORE_FULL)
+  _check_choice('ema_init', ema_init, sig.EMA_INITS)
+  _check_bool('ema_reset_each_epoch', ema_reset_each_epoch)
+  _check_choice('coinfo_compare', coinfo_compare, sig.COINFO_COMPARES)
   _check_choice('anchor', anchor, ANCHORS)
   _check_float('anchor_ema_decay', anchor_ema_decay, '[0, 1)')
   _check_bool('use_monitor', use_monitor)
@@ -287,15 +308,19 @@ def redreg_transform(
       prob_window = jnp.where(new_epoch, jnp.zeros_like(prob_window), prob_window)
       count = jnp.where(new_epoch, 0, count)
     prob_window, count = sig.push_window(prob_window, count, p_M)
-    s_M, window_full = sig.growth_rate(prob_window, count, eps)
+    s_M, window_full = sig.growth_rate(prob_window, count, eps, growth_before_full)
 
     # Eq.20 (raw, from the train step), normalised; Eq.21.
     red_raw_M, valid_M = read_redundancy(obs)
     red_raw_M = jnp.where(valid_M, red_raw_M, 0.0)
     if redundancy_norm == 'ema':
+      red_ema, red_ema_ready = state.red_ema, state.red_ema_ready
+      if ema_reset_each_epoch:
+        red_ema = jnp.where(new_epoch, jnp.zeros_like(red_ema), red_ema)
+        red_ema_ready = jnp.logical_and(red_ema_ready, jnp.logical_not(new_epoch))
       red_norm_M, red_ema, red_ema_ready = sig.ema_normalise(
-          red_raw_M, state.red_ema, state.red_ema_ready, momentum=ema_momentum,
-          eps=eps, valid=valid_M)
+          red_raw_M, red_ema, red_ema_ready, momentum=ema_momentum,
+          eps=eps, valid=valid_M, init=ema_init)
       red_norm_M = jnp.where(valid_M, red_norm_M, 0.0)
     else:
       red_norm_M, red_ema, red_ema_ready = red_raw_M, state.red_ema, state.red_ema_ready
@@ -307,7 +332,8 @@ def redreg_transform(
     gate_open, factors = sig.redreg_gate(
         epoch, window_full, jnp.take(r_M, dominant), sim, tau,
         warmup_epochs=warmup_epochs, threshold=threshold, use_monitor=use_monitor,
-        use_coinfo=use_gate, monitor_valid=jnp.take(valid_M, dominant))
+        use_coinfo=use_gate, monitor_valid=jnp.take(valid_M, dominant),
+        use_window=growth_before_full == 'closed', coinfo_compare=coinfo_compare)
     beta_eff = sig.effective_beta(beta, p_M, dominant, beta_schedule)
 
     # Eq.27-30 on the dominant encoder only. One switch branch per modality, plus a

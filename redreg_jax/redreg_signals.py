@@ -20,9 +20,20 @@ PyTree = Any
 
 PROJECTIONS = ('per_tensor', 'global')
 BETA_SCHEDULES = ('constant', 'confidence_gap')
+# S_m before the window holds L+1 values: 'closed' (S = 0 and the gate stays shut,
+# the paper: Eq.15 is undefined) or 'one' (S = 1 and the window does not gate, the
+# authors' released code).
+GROWTH_BEFORE_FULL = ('closed', 'one')
+# Where the redundancy EMA starts: 'value' (its first score, so the first normalised
+# score is 1) or 'zero' (the released code: the first normalised score is 1/(1-momentum)).
+EMA_INITS = ('value', 'zero')
+# Eq.25's co-information factor: 'ge' (sim >= tau, the paper) or 'gt' (sim > tau,
+# the released code).
+COINFO_COMPARES = ('ge', 'gt')
 
 __all__ = [
-    'BETA_SCHEDULES', 'GateFactors', 'PROJECTIONS', 'branch_true_class_prob',
+    'BETA_SCHEDULES', 'COINFO_COMPARES', 'EMA_INITS', 'GROWTH_BEFORE_FULL', 'GateFactors',
+    'PROJECTIONS', 'branch_true_class_prob',
     'coinfo_similarity', 'corrected_gradient', 'effective_beta', 'ema_normalise',
     'growth_rate', 'orthogonal_complement', 'push_window', 'redreg_gate',
     'redundancy_score', 'redundant_phase_indicator', 'stack_features',
@@ -49,31 +60,35 @@ def push_window(window_MxW: jax.Array, count: jax.Array,
   return window_MxW, jnp.minimum(jnp.asarray(count, jnp.int32) + 1, width)
 
 
-def growth_rate(window_MxW: jax.Array, count: jax.Array,
-                eps: float) -> tuple[jax.Array, jax.Array]:
+def growth_rate(window_MxW: jax.Array, count: jax.Array, eps: float,
+                before_full: str = 'closed') -> tuple[jax.Array, jax.Array]:
   """Effective-gain growth rate S_m of Eq.15-16 from a window of L+1 values.
 
   Args:
     window_MxW: [M, L+1] the last L+1 values of p_m, newest last.
     count: [] number of valid (most recent) columns of the window.
     eps: epsilon of Eq.16.
+    before_full: S while the window holds fewer than L+1 values: 'closed' gives 0
+      (neither mean of Eq.15 is defined yet), 'one' gives 1.0 (released code).
 
   Returns:
     (S [M], full []): S_m = (pbar_now - pbar_prev) / (|pbar_prev| + eps) with
     pbar_now the mean of the newest L values and pbar_prev of the oldest L
-    (Eq.15-16); S is 0 until the window holds L+1 values (`full` False), since
-    neither mean is defined before then.
+    (Eq.15-16), or the `before_full` value until the window holds L+1 values
+    (`full` False).
   """
+  if before_full not in GROWTH_BEFORE_FULL:
+    raise ValueError(f'before_full must be one of {GROWTH_BEFORE_FULL}, got {before_full!r}.')
   full = jnp.asarray(count) >= window_MxW.shape[-1]
   window_MxW = window_MxW.astype(jnp.float32)
   pbar_now = jnp.mean(window_MxW[:, 1:], axis=-1)  # Eq.15 at step s.
   pbar_prev = jnp.mean(window_MxW[:, :-1], axis=-1)  # Eq.15 at step s-1.
   s_M = (pbar_now - pbar_prev) / (jnp.abs(pbar_prev) + eps)  # Eq.16
-  return jnp.where(full, s_M, 0.0), full
+  return jnp.where(full, s_M, 0.0 if before_full == 'closed' else 1.0), full
 
 
 def redundancy_score(z1: jax.Array, z2: jax.Array, x1: jax.Array, x2: jax.Array,
-                     eps: float) -> jax.Array:
+                     eps: float = 1e-12) -> jax.Array:
   """Redundancy score red_m of Eq.17-20 from two noisy views and their features.
 
   Means rather than the paper's sums of squares (SPEC §2.3): the ratio then does
@@ -96,13 +111,15 @@ def redundancy_score(z1: jax.Array, z2: jax.Array, x1: jax.Array, x2: jax.Array,
 
 def ema_normalise(value: jax.Array, ema: jax.Array, ready: jax.Array, *,
                   momentum: float, eps: float,
-                  valid: jax.Array | bool = True
+                  valid: jax.Array | bool = True, init: str = 'value'
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Divides red_m by its running mean (the official code's normalisation).
 
-  The EMA is updated before dividing and its first value is the value itself,
-  so the first normalised score is ~1. Where `valid` is False the EMA and its
-  `ready` flag are left untouched (the score was not computed on that step).
+  The EMA is updated before dividing. With init='value' its first value is the
+  value itself, so the first normalised score is ~1; with init='zero' (released
+  code) it starts at 0, so the first normalised score is 1 / (1 - momentum), 10 at
+  momentum 0.9. Where `valid` is False the EMA and its `ready` flag are left
+  untouched (the score was not computed on that step).
 
   Args:
     value: red_m, any shape (typically [M]).
@@ -111,12 +128,16 @@ def ema_normalise(value: jax.Array, ema: jax.Array, ready: jax.Array, *,
     momentum: EMA momentum (0.9 in the official code).
     eps: guards the division.
     valid: bool, broadcastable to `value`; where the score was computed.
+    init: 'value' or 'zero', the EMA before its first update (see above).
 
   Returns:
     (value / (new_ema + eps), new_ema, new_ready).
   """
+  if init not in EMA_INITS:
+    raise ValueError(f'init must be one of {EMA_INITS}, got {init!r}.')
   value = jnp.asarray(value, jnp.float32)
-  updated = jnp.where(ready, momentum * ema + (1.0 - momentum) * value, value)
+  first = value if init == 'value' else (1.0 - momentum) * value  # 'zero': m * 0 + ...
+  updated = jnp.where(ready, momentum * ema + (1.0 - momentum) * value, first)
   new_ema = jnp.where(valid, updated, ema)
   new_ready = jnp.logical_or(ready, valid)
   return value / (new_ema + eps), new_ema, new_ready
@@ -201,7 +222,8 @@ def redreg_gate(epoch: jax.Array, window_full: jax.Array, r_dominant: jax.Array,
                 sim: jax.Array, tau: jax.Array, *, warmup_epochs: int,
                 threshold: float, use_monitor: bool = True,
                 use_coinfo: bool = True,
-                monitor_valid: jax.Array | bool = True
+                monitor_valid: jax.Array | bool = True,
+                use_window: bool = True, coinfo_compare: str = 'ge'
                 ) -> tuple[jax.Array, GateFactors]:
   """Gate of Eq.25 for the dominant modality, with the reasons it is shut.
 
@@ -219,17 +241,24 @@ def redreg_gate(epoch: jax.Array, window_full: jax.Array, r_dominant: jax.Array,
       gating").
     monitor_valid: [] bool, whether red_{m*} was computed this step; the monitor
       cannot vouch for a score it did not see.
+    use_window: False: a window that is not yet full does not shut the gate (the
+      released code, where S is 1.0 until then).
+    coinfo_compare: 'ge' (sim >= tau, Eq.25) or 'gt' (sim > tau, released code).
 
   Returns:
     (open [] bool, GateFactors of [] bools).
   """
+  if coinfo_compare not in COINFO_COMPARES:
+    raise ValueError(f'coinfo_compare must be one of {COINFO_COMPARES}, got '
+                     f'{coinfo_compare!r}.')
+  agrees = sim >= tau if coinfo_compare == 'ge' else sim > tau
   factors = GateFactors(
       warmup=jnp.asarray(epoch) < warmup_epochs,
-      window=jnp.logical_not(window_full),
+      window=jnp.logical_and(use_window, jnp.logical_not(window_full)),
       monitor=jnp.logical_and(
           use_monitor,
           jnp.logical_not(jnp.logical_and(monitor_valid, r_dominant > threshold))),
-      coinfo=jnp.logical_and(use_coinfo, jnp.logical_not(sim >= tau)),
+      coinfo=jnp.logical_and(use_coinfo, jnp.logical_not(agrees)),
   )
   closed = jnp.logical_or(jnp.logical_or(factors.warmup, factors.window),
                           jnp.logical_or(factors.monitor, factors.coinfo))

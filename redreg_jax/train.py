@@ -64,7 +64,8 @@ def build_model(config, info: input_pipeline.DatasetInfo, method: methods_lib.Me
   return models.MultimodalClassifier(
       modalities=info.modalities, num_classes=info.num_classes, fusion=mcfg.fusion,
       encoders=encoders, width=mcfg.width, unimodal_heads=method.unimodal_heads,
-      branch_bias=method.branch_bias, dtype=dtype)
+      branch_bias=method.branch_bias, dtype=dtype,
+      linear_init=config.optim.get("linear_init", "xavier_uniform"))
 
 
 def dummy_inputs(info, batch: int = 2):
@@ -79,18 +80,29 @@ def cross_entropy(logits_BxK, labels_B, mask_B=None):
   return jnp.sum(losses * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
 
 
-def modality_dropout(inputs, key, epoch, num_epochs, modalities):
-  """Official RedReg code: zero one whole modality of the batch with prob 0.6 -> 0.1.
+def modality_dropout_prob(epoch, num_epochs: int):
+  """The released RedReg code's dropout probability: 0.6 -> 0.1 over int(0.3 E) epochs.
 
-  The probability falls linearly over the first 30% of the epochs, then stays 0.1.
+  p = 0.6 + (0.1 - 0.6) * min(1, e / max(1, int(0.3 E))), so it reaches 0.1 at epoch
+  int(0.3 E) and stays there.
   """
-  ramp = jnp.maximum(1.0, 0.3 * num_epochs)
-  prob = jnp.where(epoch < ramp, 0.6 - 0.5 * epoch / ramp, 0.1)
-  k_drop, k_which = jax.random.split(key)
-  drop = jax.random.uniform(k_drop) < prob
-  which = jax.random.randint(k_which, (), 0, len(modalities))
-  return {m: jnp.where(drop & (which == i), jnp.zeros_like(x), x)
-          for i, (m, x) in enumerate(inputs.items())}
+  ramp = max(1, int(num_epochs * 0.3))
+  return 0.6 - 0.5 * jnp.minimum(1.0, jnp.asarray(epoch, jnp.float32) / ramp)
+
+
+def modality_dropout(inputs, key, epoch, num_epochs, modalities):
+  """Released RedReg code: zero one modality's whole batch with probability p(epoch).
+
+  One uniform draw u per step: u < p / M drops the first modality, u in
+  [p / M, 2 p / M) the second, and so on (for two modalities, the released split at
+  p / 2). Returns (inputs with the dropped one zeroed, {m: [] bool dropped}).
+  """
+  prob = modality_dropout_prob(epoch, num_epochs)
+  u = jax.random.uniform(key)
+  which = jnp.where(u < prob, jnp.floor(u / (prob / len(modalities))), -1).astype(jnp.int32)
+  dropped = {m: which == i for i, m in enumerate(modalities)}
+  return {m: jnp.where(dropped[m], jnp.zeros_like(inputs[m]), inputs[m])
+          for m in modalities}, dropped
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,6 +137,21 @@ def finite_by_label(tree, labels) -> dict:
   return flags
 
 
+def _freeze_dropped(grads, new_bs, old_bs, dropped):
+  """Zero gradient and unchanged BatchNorm statistics for each dropped encoder."""
+  grads = dict(grads)
+  for m, d in dropped.items():
+    grads[f"encoder_{m}"] = jax.tree.map(lambda g, d=d: jnp.where(d, jnp.zeros_like(g), g),
+                                         grads[f"encoder_{m}"])
+  if new_bs is not None:
+    new_bs = dict(new_bs)
+    for m, d in dropped.items():
+      if f"encoder_{m}" in new_bs:
+        new_bs[f"encoder_{m}"] = jax.tree.map(lambda n, o, d=d: jnp.where(d, o, n),
+                                              new_bs[f"encoder_{m}"], old_bs[f"encoder_{m}"])
+  return grads, new_bs
+
+
 def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_per_epoch: int,
                     num_epochs: int, skip_nonfinite: bool = False, eps: float = 1e-12):
   """Returns train_step(state, batch) -> (state, metrics), pure and jit-able."""
@@ -136,9 +163,10 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
     key = jax.random.fold_in(state.rng, state.step)
     k_drop, k_twin, k_obs, k_md = jax.random.split(key, 4)
     labels = batch["label"]
-    inputs = {m: batch[m] for m in modalities}
+    clean = inputs = {m: batch[m] for m in modalities}
+    dropped = None
     if method.modality_dropout:
-      inputs = modality_dropout(inputs, k_md, epoch, num_epochs, modalities)
+      inputs, dropped = modality_dropout(inputs, k_md, epoch, num_epochs, modalities)
 
     def losses_fn(params):
       out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, inputs,
@@ -147,6 +175,9 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
       if method.unimodal_heads:
         losses["unimodal"] = sum(cross_entropy(out["unimodal_logits"][m], labels)
                                  for m in modalities)
+      if method.branch_losses:  # Released InfoReg: CE(W_m z_m + b/M) via the fused head.
+        losses["branch"] = sum(cross_entropy(out["branch_logits"][m], labels)
+                               for m in modalities)
       return losses, (out, mutated["batch_stats"])
 
     if method.aux_grads:
@@ -161,14 +192,24 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
       (_, (losses, (out, new_bs))), grads = jax.value_and_grad(total, has_aux=True)(state.params)
       aux_grads = None
     loss = sum(losses.values())
+    if dropped is not None and method.dropped_encoder == "frozen":
+      # A zeroed batch has ~zero variance at every train-mode BatchNorm, whose backward
+      # pass then scales the gradient by 1/sqrt(var + eps) per layer: the dropped
+      # encoder's gradient is 1e3-1e5 x its usual size, and SGD diverges (the released
+      # code has the same pathology; docs/reproducing.md). The encoder saw no data:
+      # it takes neither a gradient nor BatchNorm statistics from this batch.
+      grads, new_bs = _freeze_dropped(grads, new_bs, state.batch_stats, dropped)
+      if aux_grads is not None:
+        aux_grads = {k: _freeze_dropped(g, None, None, dropped)[0] for k, g in aux_grads.items()}
 
     branch_logits = jax.lax.stop_gradient(out["branch_logits"])
     features = jax.lax.stop_gradient(out["features"])
     obs = Observations(branch_logits=branch_logits, labels=labels, features=features,
                        epoch=epoch.astype(jnp.int32), rng=k_obs, aux_grads=aux_grads)
     if method.twins != "none":
+      twin_inputs = clean if method.twins_on == "clean" else inputs
       fns = [functools.partial(twin_redundancy, m, state.params, state.batch_stats,
-                               inputs[m], jax.random.fold_in(k_twin, i))
+                               twin_inputs[m], jax.random.fold_in(k_twin, i))
              for i, m in enumerate(modalities)]
       if method.twins == "all":
         red = {m: fn() for m, fn in zip(modalities, fns)}
@@ -201,6 +242,8 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
                "finite": all_finite, **{f"finite_{g}": v for g, v in finite.items()}}
     for m in modalities:
       metrics[f"accuracy_{m}"] = jnp.mean(jnp.argmax(branch_logits[m], -1) == labels)
+      if dropped is not None:
+        metrics[f"dropped_{m}"] = dropped[m].astype(jnp.float32)
     diag = optax.tree_utils.tree_get(opt_state, "diagnostics", default=None)
     if diag:
       metrics.update(diag)
@@ -210,13 +253,23 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
 
 
 def make_eval_step(model, modalities):
+  # All 2^M subset logits (modality Shapley values) come from the same forward pass: the
+  # encoders run once and only the fusion head is re-applied, so there is one compile.
+  # Above MAX_SHAPLEY_MODALITIES the evaluation skips them (Experiment.evaluate says so).
+  subsets = models.all_subsets(modalities) \
+      if len(modalities) <= metrics_lib.MAX_SHAPLEY_MODALITIES else None
+
   def eval_step(state: TrainState, batch):
     inputs = {m: batch[m] for m in modalities}
     out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, inputs,
-                      train=False)
-    return {"logits": out["logits"].astype(jnp.float32),
-            "branch_logits": jax.tree.map(lambda x: x.astype(jnp.float32), out["branch_logits"]),
-            "features": out["features"], "label": batch["label"], "mask": batch["mask"]}
+                      train=False, subsets=subsets)
+    to_f32 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)
+    res = {"logits": out["logits"].astype(jnp.float32),
+           "branch_logits": to_f32(out["branch_logits"]),
+           "features": out["features"], "label": batch["label"], "mask": batch["mask"]}
+    if subsets is not None:
+      res["subset_logits"] = to_f32(out["subset_logits"])
+    return res
   return eval_step
 
 
@@ -252,7 +305,9 @@ class Experiment:
       if size % n_dev:
         raise ValueError(f"config.{field}={size} must be divisible by the {n_dev} devices "
                          "of the mesh.")
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(n_train, self.batch_size)
+    self.keep_partial = bool(config.optim.get("keep_partial_batch", False))
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(
+        n_train, self.batch_size, self.keep_partial, n_dev)
     if self.steps_per_epoch < 1:
       raise ValueError(f"config.batch_size={self.batch_size} is larger than the training "
                        f"split ({n_train} examples).")
@@ -328,7 +383,8 @@ class Experiment:
     it = input_pipeline.train_batches(
         self.dataset.sources["train"], self.dataset.preprocess[True], self.keys,
         global_batch=self.batch_size, seed=int(self.config.seed), epoch=epoch,
-        start_batch=start_batch, num_threads=int(self.config.train.input_threads))
+        start_batch=start_batch, num_threads=int(self.config.train.input_threads),
+        keep_partial=self.keep_partial, granularity=self.mesh.devices.size)
     return input_pipeline.prefetch_to_device(it, self.data_sharding,
                                              int(self.config.train.device_prefetch))
 
@@ -345,6 +401,13 @@ class Experiment:
     result = metrics_lib.classification_metrics(
         out["logits"], out["label"], out["branch_logits"], self.info.num_classes,
         self.modalities)
+    if "subset_logits" in out:
+      result.update(metrics_lib.modality_contributions(out["subset_logits"], out["label"],
+                                                       self.modalities))
+    elif not getattr(self, "_noted_no_shapley", False):
+      self._noted_no_shapley = True  # pylint: disable=attribute-defined-outside-init
+      log_lib.info(f"Shapley values skipped: {len(self.modalities)} modalities, exact "
+                   f"enumeration is done for at most {metrics_lib.MAX_SHAPLEY_MODALITIES}.")
     if return_features:
       result["_outputs"] = out
     return result

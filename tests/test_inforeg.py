@@ -132,7 +132,11 @@ def test_official_preset_moving_average_regulates_from_epoch_zero():
   params, grads, _ = _sequence()
   epochs = (0, 0, 1, 1, 1)
   obs = [obs_for((0.8, 0.5), e) for e in epochs]
-  tx = inforeg_transform(MODS, labels_of, **INFOREG_PRESETS['inforeg_official'])
+  # The window's released forms only; alpha, trace and scores in the paper's forms
+  # (their released forms are tested on their own below).
+  hp = dict(INFOREG_PRESETS['inforeg_official'], trace_form='paper', score_form='mean',
+            alpha_form='paper', alpha_scales=())
+  tx = inforeg_transform(MODS, labels_of, **hp)
   outs, state = run(tx, params, grads, obs, jit=True)
   alpha = math.exp(0.9 * math.tanh(0.3))
   # Epoch 0, second step: no history yet -> inside the window (official k = 1).
@@ -245,3 +249,86 @@ def test_bad_modalities_and_labels_raise():
               observations=obs_for((0.6, 0.5), 0, ('audio', 'text')))
   with pytest.raises(ValueError, match='params'):
     tx.update(params, tx.init(params), None, observations=obs_for((0.6, 0.5), 0))
+
+
+# The released code's forms, each switched on alone (docs/reproducing.md).
+
+def _diag_at_each_step(tx, params, grads, obs):
+  update = jax.jit(tx.update)
+  state = tx.init(params[0])
+  diags = []
+  for p, g, o in zip(params, grads, obs):
+    _, state = update(g, state, p, observations=o)
+    diags.append(jax.device_get(state.diagnostics))
+  return diags, state
+
+
+def test_released_trace_sums_kernel_means_over_steps():
+  params, grads, _ = _sequence()
+  epochs = (0, 0, 1, 1, 1)
+  obs = [obs_for((0.5, 0.5), e) for e in epochs]  # No gap: no regulation acts.
+  paper, s_paper = _diag_at_each_step(inforeg_transform(MODS, labels_of, warmup_epochs=0),
+                                      params, grads, obs)
+  released, s_rel = _diag_at_each_step(
+      inforeg_transform(MODS, labels_of, warmup_epochs=0, trace_form='released'),
+      params, grads, obs)
+  # Paper: mean over steps of ||g_a||^2 (15 leaves): (15 + 45) / 2 = 30.
+  np.testing.assert_allclose(paper[1]['trace_audio'], 30.0, rtol=1e-6)
+  # Released: sum over steps of the kernel's element mean of g^2: 1 + 3 = 4.
+  np.testing.assert_allclose(released[1]['trace_audio'], 4.0, rtol=1e-6)
+  np.testing.assert_allclose(s_rel.trace_history[-1], [4.0, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(s_paper.trace_history[-1], [30.0, 15.0], rtol=1e-6)
+  # Nothing else moved: the regulation coefficients are the same (all zero here).
+  for a, b in zip(paper, released):
+    for m in MODS:
+      assert a[f'alpha_{m}'] == b[f'alpha_{m}'] == 0.0
+
+
+def test_released_trace_is_taken_after_regulation():
+  params, grads, _ = _sequence()
+  obs = [obs_for((0.8, 0.5), 0)] * 2
+  tx = inforeg_transform(MODS, labels_of, warmup_epochs=0, trace_form='released')
+  outs, state = run(tx, params[:2], grads[:2], obs, jit=True)
+  want = sum(float(jnp.mean(jnp.square(o['audio']['conv']['kernel']))) for o in outs)
+  np.testing.assert_allclose(state.diagnostics['trace_audio'], want, rtol=1e-5)
+  assert want != pytest.approx(4.0)  # The regulation changed the audio kernel gradient.
+
+
+def test_score_sum_changes_only_the_gap():
+  params, grads, _ = _sequence()
+  obs = [obs_for((0.8, 0.5), 0)] * 2  # Batch of 2: sums 1.6 and 1.0.
+  _, state = run(inforeg_transform(MODS, labels_of, warmup_epochs=0, score_form='sum'),
+                 params[:2], grads[:2], obs, jit=True)
+  np.testing.assert_allclose(state.diagnostics['score_audio'], 1.6, rtol=1e-5)
+  np.testing.assert_allclose(state.diagnostics['delta_audio'], 0.6, rtol=1e-5)
+  np.testing.assert_allclose(state.diagnostics['alpha_audio'], math.exp(0.9 * math.tanh(0.6)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(state.diagnostics['alpha_visual'], 0.0)
+
+
+@pytest.mark.parametrize('probs,leader,scale', [((0.8, 0.5), 'audio', 0.95),
+                                                ((0.5, 0.8), 'visual', 0.1)])
+def test_released_alpha(probs, leader, scale):
+  params, grads, _ = _sequence()
+  obs = [obs_for(probs, 0)] * 2
+  tx = inforeg_transform(MODS, labels_of, warmup_epochs=0, alpha_form='released',
+                         alpha_scales=(0.95, 0.1))
+  outs, state = run(tx, params[:2], grads[:2], obs, jit=True)
+  alpha = scale * math.exp(math.tanh(0.3))
+  np.testing.assert_allclose(state.diagnostics[f'alpha_{leader}'], alpha, rtol=1e-5)
+  chex.assert_trees_all_close(
+      outs[1][leader], jax.tree.map(lambda g, w, w0: g + alpha * (w - w0), grads[1][leader],
+                                    params[1][leader], params[0][leader]), rtol=1e-5)
+  other = [m for m in MODS if m != leader][0]
+  chex.assert_trees_all_equal(outs[1][other], grads[1][other])
+
+
+def test_released_forms_rejected_when_malformed():
+  with pytest.raises(ValueError, match='alpha_scales'):
+    inforeg_transform(MODS, labels_of, alpha_form='released')
+  with pytest.raises(ValueError, match='alpha_scales'):
+    inforeg_transform(MODS, labels_of, alpha_scales=(0.95, 0.1))
+  with pytest.raises(ValueError, match='trace_form'):
+    inforeg_transform(MODS, labels_of, trace_form='official')
+  with pytest.raises(ValueError, match='score_form'):
+    inforeg_transform(MODS, labels_of, score_form='max')

@@ -114,3 +114,99 @@ def test_modality_labels():
 def test_bad_fusion_raises():
   with pytest.raises(ValueError, match="Unknown fusion 'nope'"):
     _init(fusion="nope")
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum", "film", "gated"])
+def test_subset_logits_zero_features_before_the_fusion(fusion):
+  model, variables = _init(fusion=fusion)
+  x = {m: jax.random.normal(jax.random.key(3), v.shape) for m, v in INPUTS.items()}
+  out = model.apply(variables, x, train=False, subsets=models.all_subsets(model.modalities))
+  subsets = out["subset_logits"]
+  assert list(subsets) == [(), ("audio",), ("visual",), ("audio", "visual")]
+  chex.assert_trees_all_close(subsets[("audio", "visual")], out["logits"])
+  # Singletons are SPEC §1's branch logits (full bias, no unimodal heads).
+  for m in ("audio", "visual"):
+    chex.assert_trees_all_close(subsets[(m,)], out["branch_logits"][m], atol=1e-6)
+  # The empty subset: the fusion of all-zero features, the same for every example.
+  fusion_vars = {"params": variables["params"]["fusion"]}
+  fused = models.FUSIONS[fusion](K, ("audio", "visual"))
+  zeros = {m: jnp.zeros_like(f) for m, f in out["features"].items()}
+  chex.assert_trees_all_close(subsets[()], fused.apply(fusion_vars, zeros), atol=1e-6)
+  np.testing.assert_allclose(subsets[()], np.broadcast_to(subsets[()][:1], (B, K)), atol=1e-6)
+  # The public helper gives the same logits, and any subset order.
+  again = models.subset_logits(model, variables, x, subsets=[("visual", "audio"), ()])
+  assert list(again) == [("audio", "visual"), ()]
+  chex.assert_trees_all_close(again[()], subsets[()], atol=1e-6)
+
+
+def test_subset_logits_concat_and_sum_by_hand():
+  model, variables = _init(fusion="concat")
+  out = model.apply(variables, INPUTS, train=False, subsets=[(), ("visual",)])
+  head = variables["params"]["fusion"]["head"]
+  d = out["features"]["audio"].shape[-1]
+  chex.assert_trees_all_close(out["subset_logits"][()], jnp.broadcast_to(head["bias"], (B, K)))
+  chex.assert_trees_all_close(out["subset_logits"][("visual",)],
+                              out["features"]["visual"] @ head["kernel"][d:] + head["bias"],
+                              atol=1e-5)
+  # Sum fusion: each fc_m keeps its bias when its feature is zeroed.
+  model, variables = _init(fusion="sum")
+  out = model.apply(variables, INPUTS, train=False, subsets=[(), ("audio",)])
+  fc = variables["params"]["fusion"]
+  bias = fc["fc_audio"]["bias"] + fc["fc_visual"]["bias"]
+  chex.assert_trees_all_close(out["subset_logits"][()], jnp.broadcast_to(bias, (B, K)))
+  chex.assert_trees_all_close(out["subset_logits"][("audio",)],
+                              out["features"]["audio"] @ fc["fc_audio"]["kernel"] + bias,
+                              atol=1e-5)
+
+
+def test_subset_logits_ignore_unimodal_heads_and_split_bias():
+  """Shapley values are about the fused classifier: no unimodal heads, no bias split."""
+  model, variables = _init(fusion="concat", unimodal_heads=True, branch_bias="split")
+  out = model.apply(variables, INPUTS, train=False, subsets=[("audio",)])
+  head = variables["params"]["fusion"]["head"]
+  d = out["features"]["audio"].shape[-1]
+  chex.assert_trees_all_close(out["subset_logits"][("audio",)],
+                              out["features"]["audio"] @ head["kernel"][:d] + head["bias"],
+                              atol=1e-5)
+  assert "subset_logits" not in model.apply(variables, INPUTS, train=False)
+  with pytest.raises(ValueError, match="names \\['text'\\]"):
+    model.apply(variables, INPUTS, train=False, subsets=[("text",)])
+
+
+def _pmr_convnet_params(in_channels: int, dim: int = 512) -> int:
+  """Parameters of PMR's released CG-MNIST `convnet` (models/basic_model.py), by layer."""
+  conv = lambda cin, cout, k: cin * cout * k * k + cout  # Weights + bias.
+  return (2 * in_channels                       # bn0 scale, bias
+          + conv(in_channels, 32, 5) + conv(32, 32, 3) + conv(32, 64, 3) + conv(64, 64, 3)
+          + 64 * dim + dim)                     # fc 64 -> dim
+
+
+def test_conv4_encoder_shapes_and_parameter_count():
+  x = {"gray": jnp.ones((B, 28, 28, 1)), "color": jnp.ones((B, 28, 28, 3))}
+  model = models.MultimodalClassifier(
+      ("gray", "color"), 10, encoders={m: {"kind": "conv4"} for m in x})
+  variables = model.init(jax.random.key(0), x, train=False)
+  out = model.apply(variables, x, train=False)
+  for m, c in (("gray", 1), ("color", 3)):
+    params = variables["params"][f"encoder_{m}"]
+    assert sum(p.size for p in jax.tree.leaves(params)) == _pmr_convnet_params(c)
+    chex.assert_shape(out["features"][m], (B, 512))  # One pooled size for both (RedReg).
+    fmap, pooled = model.encoder(m).apply(
+        {"params": params, "batch_stats": variables["batch_stats"][f"encoder_{m}"]},
+        x[m], train=False)
+    chex.assert_shape(fmap, (B, 7, 7, 64))  # 28 -> 14 (max-pool) -> 7 (conv3 stride 2).
+    chex.assert_trees_all_close(pooled, fmap.mean(axis=(1, 2)) @ params["fc"]["kernel"]
+                                + params["fc"]["bias"], atol=1e-5)
+  assert _pmr_convnet_params(1) == 98786 and _pmr_convnet_params(3) == 100390
+  chex.assert_shape(out["logits"], (B, 10))
+
+
+def test_conv4_encoder_width_dim_and_bad_option():
+  enc = models.make_encoder("conv4", 0.25, jnp.float32, dim=16)
+  variables = enc.init(jax.random.key(0), jnp.ones((2, 28, 28, 3)), train=False)
+  fmap, pooled = enc.apply(variables, jnp.ones((2, 28, 28, 3)), train=False)
+  chex.assert_shape(fmap, (2, 7, 7, 16))
+  chex.assert_shape(pooled, (2, 16))
+  assert "conv4" in models.ENCODER_KINDS
+  with pytest.raises(ValueError, match="Unknown conv4 encoder option"):
+    models.make_encoder("conv4", 1.0, jnp.float32, hidden=3)
