@@ -1,4 +1,4 @@
-r"""CMU-MOSI (audio + visual + text feature sequences, binary sentiment; SPEC §6).
+r"""CMU-MOSI (audio + visual + text feature sequences, binary sentiment; docs/reproducing.md §Data).
 
   python -m data.prepare cmu_mosi --manual_dir=/path/to/multibench --data_dir=~/tensorflow_datasets
   python launch.py --config=configs/cmu_mosi.py:redreg --workdir=runs/mosi/redreg

@@ -1,4 +1,4 @@
-r"""CREMA-D (audio + visual, 6 emotions) with the papers' settings (SPEC §2, §6).
+r"""CREMA-D (audio + visual, 6 emotions) with the papers' settings (docs/methods.md §RedReg, §6).
 
 Prepare the data once (see data/cremad.py for the folder layout):
   python -m data.prepare cremad --manual_dir=/path/to/CREMA-D --data_dir=~/tensorflow_datasets

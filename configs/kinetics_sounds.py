@@ -1,4 +1,4 @@
-r"""Kinetics-Sounds (31 classes, GeWu split) with the papers' settings (SPEC §6).
+r"""Kinetics-Sounds (31 classes, GeWu split) with the papers' settings (docs/reproducing.md §Data).
 
   python -m data.prepare kinetics_sounds --manual_dir=/path/to/ks --data_dir=~/tensorflow_datasets
   python launch.py --config=configs/kinetics_sounds.py:redreg --workdir=runs/ks/redreg

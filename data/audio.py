@@ -1,4 +1,4 @@
-"""Audio and video preprocessing shared by the dataset builders (SPEC §6).
+"""Audio and video preprocessing shared by the dataset builders (docs/reproducing.md §Data).
 
 Everything here is numpy/PIL/PyAV only (no TensorFlow, no torch), so that the
 same code runs at prepare time and in the input pipeline:
@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-# torchvision's ImageNet statistics, used by every official pipeline (SPEC §6).
+# torchvision's ImageNet statistics, used by every official pipeline (docs/reproducing.md §Data).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -183,7 +183,7 @@ def tile_to_length(samples: np.ndarray, length: int) -> np.ndarray:
 def cremad_log_spectrogram(samples: np.ndarray, sample_rate: int, *,
                            target_rate: int = 22050, seconds: float = 3.0,
                            n_fft: int = 512, hop: int = 353) -> np.ndarray:
-  """CREMA-D audio input of the official code: [257, 188] float32 (SPEC §6).
+  """CREMA-D audio input of the official code: [257, 188] float32 (docs/reproducing.md §Data).
 
   Resample to 22,050 Hz, tile to 3 s, clip to [-1, 1], centred STFT with n_fft
   512 / hop 353 (1 + 66,150 // 353 = 188 frames), then log(|S| + 1e-7).

@@ -26,7 +26,7 @@ pickle's train / valid (-> 'validation') / test.
 Binary label and zero sentiment: MultiBench's binary accuracy drops clips
 with sentiment exactly 0 ("exclude_zero") at evaluation; its training labels
 treat them as non-positive. Default here: zero counts as negative
-(`zero_label='negative'`, keeps all 2,199 clips, SPEC §6); `zero_label='drop'`
+(`zero_label='negative'`, keeps all 2,199 clips, docs/reproducing.md §Data); `zero_label='drop'`
 leaves zero-sentiment clips out of every split at load time.
 
 data_cfg fields (defaults in brackets):

@@ -57,7 +57,7 @@ NAME = 'cremad'
 # Class order of the official OGM-GE / InfoReg / RedReg code.
 EMOTIONS = ('NEU', 'HAP', 'SAD', 'FEA', 'DIS', 'ANG')
 CLASS_NAMES = ('neutral', 'happy', 'sad', 'fear', 'disgust', 'anger')
-# The papers' random split: 744 of 7,442 clips for test (SPEC §6).
+# The papers' random split: 744 of 7,442 clips for test (docs/reproducing.md §Data).
 PAPER_TEST_FRACTION = 744 / 7442
 STORAGE_DEFAULTS = {'fps': 3, 'frame_short_side': 0, 'jpeg_quality': 95}
 SPEC_SHAPE = (257, 188)  # [freq bins, frames] of cremad_log_spectrogram.
@@ -87,7 +87,7 @@ class Cremad(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   name = NAME
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Official-code preprocessing (SPEC §6).'}
+  RELEASE_NOTES = {'1.0.0': 'Official-code preprocessing (docs/reproducing.md §Data).'}
   BUILDER_CONFIGS = [CremadConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
 

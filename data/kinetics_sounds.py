@@ -52,7 +52,7 @@ from data import audio as media
 from data import prepare as prep
 
 NAME = 'kinetics_sounds'
-# Normalisation constants of the official Kinetics-Sounds loader (SPEC §6).
+# Normalisation constants of the official Kinetics-Sounds loader (docs/reproducing.md §Data).
 FBANK_MEAN = -4.503877
 FBANK_STD = 5.141276
 NUM_MEL_BINS = 128
@@ -105,7 +105,7 @@ class KineticsSounds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   name = NAME
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Official GeWu preprocessing (SPEC §6).'}
+  RELEASE_NOTES = {'1.0.0': 'Official GeWu preprocessing (docs/reproducing.md §Data).'}
   BUILDER_CONFIGS = [KineticsSoundsConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
 

@@ -28,7 +28,7 @@ DEFAULT_METHODS = ("joint", "joint_star", "redreg", "redreg_star", "redreg_no_mo
                    "redreg_no_gate", "redreg_official", "inforeg", "inforeg_star", "ogm",
                    "ogm_ge", "mmpareto")
 
-# Input shapes: the papers' CREMA-D setting (SPEC §6: 257x188 spectrogram, 3 frames of
+# Input shapes: the papers' CREMA-D setting (docs/reproducing.md §Data: 257x188 spectrogram, 3 frames of
 # 224x224) and AV-digits (129x126 spectrogram, one 32x32 image), on synthetic data.
 SHAPES = {
     "synthetic": {},

@@ -5,7 +5,7 @@ down during the prime learning window: while the per-epoch Fisher trace of the
 encoders is still growing fast (InfoReg Eq.11), every modality that scores above
 some other modality gets the gradient of a proximal term pulling its encoder
 back to its epoch-start weights (InfoReg Eq.12, 16). Equation numbers in this
-file are the InfoReg paper's; SPEC.md §3 settles its ambiguities.
+file are the InfoReg paper's; docs/methods.md §InfoReg settles its ambiguities.
 
 Chain it ahead of weight decay and SGD, fed the step's `Observations`:
 

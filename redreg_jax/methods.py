@@ -77,7 +77,7 @@ def _all_kernels(path, leaf) -> bool:
   return bool(path) and getattr(path[-1], "key", None) == "kernel" and leaf.ndim >= 2
 
 
-# OGM-GE modulates convolution kernels (SPEC §4); Transformer encoders (CMU-MOSI) have
+# OGM-GE modulates convolution kernels (docs/methods.md §OGM-GE); Transformer encoders (CMU-MOSI) have
 # none, so 'all_kernels' extends it to their Dense and attention kernels.
 OGM_KERNEL_FILTERS = {"conv": None, "all_kernels": _all_kernels}  # None: ogm's default.
 
@@ -245,7 +245,7 @@ def learning_rate_schedule(optim, steps_per_epoch: int) -> optax.Schedule:
 
 
 def build_optimizer(method: Method, optim, steps_per_epoch: int):
-  """balancer -> add_decayed_weights -> sgd(momentum) (SPEC §2: decay after RedReg)."""
+  """balancer -> add_decayed_weights -> sgd(momentum) (docs/methods.md §RedReg: decay after RedReg)."""
   parts = [method.balancer()] if method.balancer is not None else []
   parts += [optax.add_decayed_weights(float(optim.weight_decay)),
             optax.sgd(learning_rate_schedule(optim, steps_per_epoch),

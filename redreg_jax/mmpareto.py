@@ -4,7 +4,7 @@ For each encoder, the gradients of the multimodal loss and of that modality's
 unimodal loss are combined: equal weights when they agree (cosine > 0), else
 the minimum-norm convex combination (the two-task Pareto direction). The result
 is doubled, scaled up to the norm of their plain sum when it is smaller, and
-multiplied by gamma (SPEC §5; the official code rescales per tensor).
+multiplied by gamma (docs/methods.md §MMPareto; the official code rescales per tensor).
 
 The train step gets both gradients from one backward pass with `per_loss_grads`:
 

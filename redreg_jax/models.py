@@ -1,4 +1,4 @@
-"""Flax models: ResNet-18 encoders, four fusions, heads and branch logits (SPEC §1, §6).
+"""Flax models: ResNet-18 encoders, four fusions, heads and branch logits (docs/methods.md §Setting, §6).
 
 Parameter layout (what label functions and transforms rely on):
   params['encoder_<modality>']   one encoder per modality
@@ -16,7 +16,7 @@ per fusion:
           so c still acts there through beta.
   gated   gate = sigmoid(G z_c + g_b) times value(concat of the others); zeroing c leaves
           sigmoid(g_b), zeroing every other modality leaves gate * value bias.
-Singleton subsets are the branch logits of SPEC §1 (with branch_bias='full' and no
+Singleton subsets are the branch logits of docs/methods.md §Setting (with branch_bias='full' and no
 unimodal heads); the full subset is the fused logits.
 """
 
@@ -29,9 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# PyTorch's ResNet init: Kaiming normal, fan_out, ReLU gain (SPEC §6).
+# PyTorch's ResNet init: Kaiming normal, fan_out, ReLU gain (docs/reproducing.md §Data).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-# Xavier (Glorot) uniform for every linear layer (SPEC §6).
+# Xavier (Glorot) uniform for every linear layer (docs/reproducing.md §Data).
 dense_init = nn.initializers.xavier_uniform()
 # The classifier's linear layers (fusion and unimodal heads) by `linear_init`: the
 # released RedReg code draws them Xavier-normal.
@@ -97,7 +97,7 @@ class ResNet18Encoder(nn.Module):
   """Encoder phi_m: raw input -> (last feature map, pooled feature z_m).
 
   Audio: [B, F, T, 1] spectrograms. Visual: [B, T, H, W, C] frames, folded into the
-  batch and average-pooled over time and space (SPEC §6).
+  batch and average-pooled over time and space (docs/reproducing.md §Data).
   """
   width: float = 1.0
   dtype: Any = jnp.float32
@@ -297,7 +297,7 @@ class MultimodalClassifier(nn.Module):
 
   Returns a dict with
     logits         [B, K] fused logits
-    branch_logits  {m: [B, K]} per-modality logits as SPEC §1 defines them
+    branch_logits  {m: [B, K]} per-modality logits as docs/methods.md §Setting defines them
     features       {m: [B, D_m]} pooled encoder features
     unimodal_logits {m: [B, K]} (only with unimodal heads)
     subset_logits  {subset: [B, K]} (only when called with `subsets`; see the module doc)
@@ -363,7 +363,7 @@ class MultimodalClassifier(nn.Module):
     return out
 
   def _branch_logits(self, fusion, feats):
-    """Fused head with every other modality's feature zeroed (SPEC §1)."""
+    """Fused head with every other modality's feature zeroed (docs/methods.md §Setting)."""
     zeros = {m: jnp.zeros_like(f) for m, f in feats.items()}
     branch = {m: fusion({**zeros, m: feats[m]}) for m in self.modalities}
     if self.branch_bias == "split":

@@ -32,7 +32,7 @@ LabelTree = Union[PyTree, Callable[[PyTree], PyTree]]
 class Observations(NamedTuple):
   """What one train step observed; every field is a jax array (or pytree)."""
 
-  # modality -> [B, K] logits of that modality's branch (SPEC §1).
+  # modality -> [B, K] logits of that modality's branch (docs/methods.md §Setting).
   branch_logits: Mapping[str, jax.Array]
   # [B] int32 class labels.
   labels: jax.Array
@@ -71,5 +71,5 @@ def true_class_probs(obs: Observations, modalities: Sequence[str]) -> jax.Array:
 
 
 def dominant_modality(probs_M: jax.Array) -> jax.Array:
-  """Index of the dominant modality m* = argmax_m p_m (SPEC §2 step 5)."""
+  """Index of the dominant modality m* = argmax_m p_m (docs/methods.md §RedReg step 5)."""
   return jnp.argmax(probs_M)

@@ -4,7 +4,7 @@ On-the-fly Gradient Modulation scales down the convolution-kernel gradients of
 the encoder whose branch is ahead, by 1 - tanh(alpha * ratio) with ratio its
 confidence over the other branch's; Generalisation Enhancement adds Gaussian
 noise with the gradient's own standard deviation to every modulated tensor.
-SPEC.md §4 settles the form (the official code's); for M > 2 modalities each one
+docs/methods.md §OGM-GE settles the form (the official code's); for M > 2 modalities each one
 is compared with the weakest.
 
   tx = optax.chain(ogm_ge_transform(('audio', 'visual'), labels),
@@ -12,7 +12,7 @@ is compared with the weakest.
   updates, opt_state = tx.update(grads, opt_state, params, observations=obs)
 
 The scores use `observations.branch_logits`; OGM's own code computes them with
-half the fused head's bias per branch (SPEC §1 `branch_bias='split'`).
+half the fused head's bias per branch (docs/methods.md §Setting `branch_bias='split'`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def default_kernel_filter(path: tuple, leaf: jax.Array) -> bool:
 
 
 def ogm_coefficients(scores_M: jax.Array, alpha: float) -> jax.Array:
-  """Modulation coefficients k_m of OGM (SPEC §4), generalised to M modalities.
+  """Modulation coefficients k_m of OGM (docs/methods.md §OGM-GE), generalised to M modalities.
 
   The weakest modality w (the first one on a tie) keeps k_w = 1; every other m
   gets k_m = 1 - tanh(alpha * s_m / s_w). For two modalities (a, v) this is the
@@ -171,7 +171,7 @@ def ogm_ge_transform(
             f'ogm_ge_transform: no leaf of the {m!r} encoder passes kernel_filter; label that '
             f"encoder's parameters {m!r} or pass a kernel_filter that selects its kernels.")
 
-    # s_m = sum over the batch of softmax(branch logits)[y] (SPEC §4).
+    # s_m = sum over the batch of softmax(branch logits)[y] (docs/methods.md §OGM-GE).
     batch = observations.labels.shape[0]
     score_M = jnp.stack([branch_true_class_prob(observations.branch_logits[m], observations.labels)
                          for m in modalities]) * batch

@@ -11,7 +11,7 @@ Chain it ahead of weight decay and SGD-momentum and feed it the step's
   diagnostics = optax.tree_utils.tree_get(opt_state, 'diagnostics')
 
 `grads` must be the gradient of the full training loss (Eq.26; with unimodal
-heads, joint plus unimodal losses, SPEC §1). The transform rewrites the gradient
+heads, joint plus unimodal losses, docs/methods.md §Setting). The transform rewrites the gradient
 of the dominant modality's encoder with Eq.30 when the gate of Eq.25 is open;
 every other leaf passes through untouched.
 """

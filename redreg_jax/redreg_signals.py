@@ -1,7 +1,7 @@
 """RedReg's signals, gate and projection as pure, jit-able functions.
 
 One function per equation of the RedReg paper (equation numbers are the paper's;
-SPEC.md §2 settles the ambiguities). `redreg.py` composes them into an optax
+docs/methods.md §RedReg settles the ambiguities). `redreg.py` composes them into an optax
 transform; every function here is usable and tested on its own.
 
 Shapes: M modalities, L+1 the sliding-window length, B batch, D feature size.
@@ -91,7 +91,7 @@ def redundancy_score(z1: jax.Array, z2: jax.Array, x1: jax.Array, x2: jax.Array,
                      eps: float = 1e-12) -> jax.Array:
   """Redundancy score red_m of Eq.17-20 from two noisy views and their features.
 
-  Means rather than the paper's sums of squares (SPEC §2.3): the ratio then does
+  Means rather than the paper's sums of squares (docs/methods.md §RedReg): the ratio then does
   not depend on the input and feature sizes, which is what R was calibrated on.
 
   Args:

@@ -214,7 +214,7 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
       if method.twins == "all":
         red = {m: fn() for m, fn in zip(modalities, fns)}
         valid = {m: jnp.array(True) for m in modalities}
-      else:  # Only the dominant modality's score changes the update (SPEC §2 step 3).
+      else:  # Only the dominant modality's score changes the update (docs/methods.md §RedReg step 3).
         dom = dominant_modality(true_class_probs(obs, modalities))
         r = jax.lax.switch(dom, fns)
         red = {m: r for m in modalities}

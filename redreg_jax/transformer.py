@@ -1,4 +1,4 @@
-"""Transformer encoder for pre-extracted feature sequences (CMU-MOSI, SPEC §6).
+"""Transformer encoder for pre-extracted feature sequences (CMU-MOSI, docs/reproducing.md §Data).
 
 One encoder per modality maps [B, T, D_in] features to a feature map
 [B, T, dim] (the "last feature map" RedReg's redundancy score reads, Eq.17-20)
@@ -9,7 +9,7 @@ give every modality's encoder the same `pooled_dim`, or the same `dim`).
 Architecture: Dense input projection -> learned positional embedding -> dropout
 -> `num_layers` pre-LayerNorm blocks (self-attention, GELU MLP, residuals) ->
 final LayerNorm -> mean over valid time steps (-> optional Dense to pooled_dim).
-Linear layers use Xavier-uniform init (SPEC §6).
+Linear layers use Xavier-uniform init (docs/reproducing.md §Data).
 """
 
 from __future__ import annotations

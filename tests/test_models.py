@@ -1,4 +1,4 @@
-"""Model shapes, fusions, branch logits (SPEC §1) and initialisation (SPEC §6)."""
+"""Model shapes, fusions, branch logits (docs/methods.md §Setting) and initialisation (docs/reproducing.md §Data)."""
 
 import chex
 import jax
@@ -124,7 +124,7 @@ def test_subset_logits_zero_features_before_the_fusion(fusion):
   subsets = out["subset_logits"]
   assert list(subsets) == [(), ("audio",), ("visual",), ("audio", "visual")]
   chex.assert_trees_all_close(subsets[("audio", "visual")], out["logits"])
-  # Singletons are SPEC §1's branch logits (full bias, no unimodal heads).
+  # Singletons are docs/methods.md §Setting's branch logits (full bias, no unimodal heads).
   for m in ("audio", "visual"):
     chex.assert_trees_all_close(subsets[(m,)], out["branch_logits"][m], atol=1e-6)
   # The empty subset: the fusion of all-zero features, the same for every example.

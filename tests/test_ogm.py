@@ -39,7 +39,7 @@ def obs_for(probs, epoch, mods=MODS, rng=None, batch=4):
 
 
 def official_two_modality(s_a, s_v, alpha):
-  """The official code's rule, written as there (SPEC §4)."""
+  """The official code's rule, written as there (docs/methods.md §OGM-GE)."""
   ratio = s_a / s_v
   if ratio > 1:
     return 1 - math.tanh(alpha * ratio), 1.0
