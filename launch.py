@@ -14,12 +14,23 @@ USAGE = """usage: python launch.py --config=FILE.py[:ARG] --workdir=DIR [--confi
                         [--allow_config_change] [--eval_only[=best|latest]] [--split=test]
                         [--distributed [--coordinator_address=HOST:PORT --num_processes=N
                          --process_id=I]]
+       python launch.py --help_optim[=METHOD]   (config.optim fields, defaults, one line each)
 
 --distributed initialises jax.distributed (multi-host). Without the three flags JAX reads
 the cluster from the environment (SLURM, Open MPI, Cloud TPU, or JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
 
 _DIST_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
+def print_optim_help(method: str) -> None:
+  """Lists a method's config.optim fields with their defaults and one-line docs."""
+  from redreg_jax import methods  # pylint: disable=g-import-not-at-top
+  optim = methods.method_config(method)
+  print(f"config.optim of {method} (override with --config.optim.FIELD=VALUE):")
+  for field in optim:
+    doc = methods.OPTIM_DOCS.get(field, "")
+    print(f"  {field} = {optim[field]!r}\n      {doc}")
 
 
 def parse_argv(argv):
@@ -30,6 +41,9 @@ def parse_argv(argv):
   for a in argv:
     if a in ("-h", "--help"):
       print(USAGE)
+      sys.exit(0)
+    if a == "--help_optim" or a.startswith("--help_optim="):
+      print_optim_help(a.partition("=")[2] or "redreg_official")
       sys.exit(0)
     key, eq, value = a.partition("=")
     name = key[2:] if key.startswith("--") else None
