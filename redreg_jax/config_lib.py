@@ -8,16 +8,25 @@ from redreg_jax import methods
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses 'joint,smoke,k=v' into {'method': 'joint', 'smoke': True, 'k': 'v'}."""
+  """Parses 'joint,smoke' into {'method': 'joint', 'smoke': True}.
+
+  The first word is the method; every other word must be one of the config's switches
+  (the keyword `defaults` other than `method`), else a ValueError lists the valid ones.
+  `k=v` words are config-field overrides, applied by `load_config` after `get_config`.
+  """
   out = dict(defaults)
+  words = [k for k in defaults if k != "method"]
   for i, part in enumerate(p for p in (arg or "").split(",") if p):
     if "=" in part:
-      k, v = part.split("=", 1)
-      out[k] = v
-    elif i == 0:
+      continue
+    if i == 0:
       out["method"] = part
-    else:
+    elif part in words:
       out[part] = True
+    else:
+      raise ValueError(f"Unknown config argument {part!r} after the method; valid: "
+                       f"{', '.join(words) or 'none'}, or FIELD=VALUE overrides "
+                       "(e.g. num_epochs=3).")
   return ml_collections.ConfigDict(out)
 
 
@@ -51,7 +60,12 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location("_redreg_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  config = module.get_config(arg or None)
+  # 'FILE.py:METHOD,smoke,optim.beta=0.5': k=v words override config fields, exactly
+  # like --config.optim.beta=0.5 (unknown fields are errors listing the valid ones).
+  for part in (p for p in (arg or "").split(",") if "=" in p):
+    apply_override(config, *part.split("=", 1))
+  return config
 
 
 def _parse_value(text: str, old):

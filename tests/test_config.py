@@ -47,3 +47,19 @@ def test_launch_unknown_field_is_one_clear_error(tmp_path):
 def test_launch_unknown_method(tmp_path):
   r = _launch("--config=configs/synthetic.py:bogus", f"--workdir={tmp_path}")
   assert r.returncode != 0 and "Unknown method 'bogus'" in r.stderr
+
+
+def test_config_arg_typo_lists_valid_words():
+  import pytest  # pylint: disable=g-import-not-at-top
+  from redreg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="Unknown config argument 'smok'.*smoke, tiny"):
+    config_lib.load_config("configs/synthetic.py:redreg,smok")
+
+
+def test_config_arg_field_overrides():
+  import pytest  # pylint: disable=g-import-not-at-top
+  from redreg_jax import config_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.load_config("configs/synthetic.py:redreg,smoke,num_epochs=2,optim.beta=0.5")
+  assert c.num_epochs == 2 and c.optim.beta == 0.5
+  with pytest.raises(ValueError, match="Unknown config field 'optim.betta'"):
+    config_lib.load_config("configs/synthetic.py:redreg,optim.betta=0.5")
