@@ -26,10 +26,10 @@ _DIST_FLAGS = ("coordinator_address", "num_processes", "process_id")
 def print_optim_help(method: str) -> None:
   """Lists a method's config.optim fields with their defaults and one-line docs."""
   from redreg_jax import methods  # pylint: disable=g-import-not-at-top
-  optim = methods.method_config(method)
+  optim, docs = methods.method_config(method), methods.optim_docs(method)
   print(f"config.optim of {method} (override with --config.optim.FIELD=VALUE):")
   for field in optim:
-    doc = methods.OPTIM_DOCS.get(field, "")
+    doc = docs[field]  # This method's own line (one field name can serve several).
     print(f"  {field} = {optim[field]!r}\n      {doc}")
 
 

@@ -9,6 +9,7 @@ previous checkpoint as the latest usable one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -43,10 +44,26 @@ class Checkpointer:
     step = manager.latest_step() if step is None else step
     if step is None:
       return None
+    target, missing = abstract_state, _missing_fields(manager, step, abstract_state)
+    if missing:  # Saved before the state had these fields: they keep their initial values.
+      target = {f.name: getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state) if f.name not in missing}
     out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return out.state, out.meta
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    state = abstract_state.replace(**out.state) if missing else out.state
+    return state, out.meta
 
   def close(self):
     self.latest.close()
     self.best.close()
+
+
+def _missing_fields(manager, step: int, abstract_state: Any) -> set[str]:
+  """Fields of a dataclass state that the checkpoint at `step` does not hold."""
+  if not dataclasses.is_dataclass(abstract_state):
+    return set()
+  saved = manager.item_metadata(step)["state"]
+  saved = getattr(saved, "tree", saved)
+  if not isinstance(saved, dict):
+    return set()
+  return {f.name for f in dataclasses.fields(abstract_state)} - set(saved)

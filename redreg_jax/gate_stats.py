@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import itertools
 import json
 import os
 import sys
@@ -83,6 +84,23 @@ def inforeg_stats(records: list[dict], modalities: list[str]) -> dict:
                                  / len(recs) for m in modalities}}
 
 
+def _modality_order(recs: list[dict], mods: list[str]) -> list[str]:
+  """The transform's modality order, which `dominant` indexes (records sort their keys).
+
+  m* = argmax_m p_m (the transform's dominant modality), so the order is the
+  permutation under which `dominant` names the modality with the largest p_m most often.
+  """
+  if not all(f"p_{m}" in recs[0] for m in mods):
+    return mods
+  best, hits = mods, -1
+  for perm in itertools.permutations(mods):
+    n = sum(perm[int(r["dominant"])] == max(mods, key=lambda m: r[f"p_{m}"]) for r in recs
+            if "dominant" in r)
+    if n > hits:
+      best, hits = list(perm), n
+  return best
+
+
 def _fmt_range(t):
   return "—" if t is None else f"{t[0]:.3g} / {t[1]:.3g} / {t[2]:.3g}"
 
@@ -103,8 +121,7 @@ def collect(dirs, methods=None) -> dict:
         continue
       mods = list(subset) or sorted({k[len("accuracy_"):] for k in recs[0]
                                      if k.startswith("accuracy_")})
-      # The transforms log modalities in the dataset's order; recover it from r_<m> keys.
-      order = [k[2:] for k in recs[0] if k.startswith("r_") and k[2:] in mods] or mods
+      order = _modality_order(recs, mods)
       stats = redreg_stats(recs, order) or inforeg_stats(recs, mods)
       if stats:
         found[method].append((wd, stats))

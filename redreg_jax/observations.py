@@ -51,6 +51,9 @@ class Observations(NamedTuple):
   # Extra gradients some methods need (MMPareto): a dict of param-shaped
   # pytrees, e.g. {'multimodal': g_mm, 'unimodal': g_uni}. None otherwise.
   aux_grads: Mapping[str, PyTree] | None = None
+  # The method's own per-epoch arrays (TrainState.method_state, set by its epoch
+  # hooks; redreg_jax/methods/spec.py), e.g. which branch a Greedy schedule updates.
+  method_state: PyTree = None
 
 
 def resolve_labels(labels: LabelTree, params: PyTree) -> PyTree:

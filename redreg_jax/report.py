@@ -179,10 +179,10 @@ def _value_key(v):
 
 
 def _row_order(groups, all_mods):
-  """Per dataset: unimodal baselines first, then methods in `methods.METHODS` order, then
-  grid points by value."""
+  """Per dataset: unimodal baselines first, then methods in `methods.list_methods()` order,
+  then grid points by value."""
   from redreg_jax import methods  # pylint: disable=g-import-not-at-top
-  known = list(methods.METHODS)
+  known = methods.list_methods()
   datasets = list(dict.fromkeys(g[0] for g in groups))
   def key(group):
     dataset, method, mods, point = group

@@ -1,7 +1,9 @@
 """Training and evaluation: one jitted, donated train step over a device mesh.
 
 Reads top to bottom: mesh, input, model + optimizer, shardings, update step,
-evaluation, checkpoints, loop.
+evaluation, checkpoints, loop. The step and the loop never ask which method runs: they
+call the `methods.Method` hooks (loss terms, input transform, gradients, observations,
+epoch hooks; redreg_jax/methods/spec.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from redreg_jax import logger as log_lib
 from redreg_jax import methods as methods_lib
 from redreg_jax import metrics as metrics_lib
 from redreg_jax import models
-from redreg_jax.observations import Observations, dominant_modality, true_class_probs
+from redreg_jax.observations import Observations
 
 PyTree = Any
 
@@ -47,6 +49,8 @@ class TrainState:
   opt_state: PyTree
   rng: jax.Array          # [2] uint32 base key; step keys are fold_in(rng, step)
   skipped: jax.Array      # [] int32 steps skipped for non-finite values
+  loss_weights: PyTree    # {loss term: [] float32} (Method.losses; epoch hooks may change)
+  method_state: PyTree    # the method's own arrays, set by its epoch hooks ({} if none)
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,12 +76,7 @@ def dummy_inputs(info, batch: int = 2):
   return {m: jnp.zeros((batch,) + tuple(info.shapes[m]), jnp.float32) for m in info.modalities}
 
 
-def cross_entropy(logits_BxK, labels_B, mask_B=None):
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits_BxK.astype(jnp.float32),
-                                                           labels_B)
-  if mask_B is None:
-    return jnp.mean(losses)
-  return jnp.sum(losses * mask_B) / jnp.maximum(jnp.sum(mask_B), 1.0)
+cross_entropy = methods_lib.cross_entropy  # The loss terms' CE (methods/spec.py).
 
 
 def modality_dropout_prob(epoch, num_epochs: int):
@@ -106,7 +105,7 @@ def modality_dropout(inputs, key, epoch, num_epochs, modalities):
 
 
 # ---------------------------------------------------------------------------------------
-# Update step.
+# Update step, after the building blocks the methods' hooks call (twins, freezing).
 # ---------------------------------------------------------------------------------------
 
 def redundancy_from_twins(model, m, params, batch_stats, x, key, *, sigma: float,
@@ -153,73 +152,46 @@ def _freeze_dropped(grads, new_bs, old_bs, dropped):
 
 
 def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_per_epoch: int,
-                    num_epochs: int, skip_nonfinite: bool = False, eps: float = 1e-12):
-  """Returns train_step(state, batch) -> (state, metrics), pure and jit-able."""
+                    skip_nonfinite: bool = False):
+  """Returns train_step(state, batch) -> (state, metrics), pure and jit-able.
+
+  The method's hooks run in a fixed order: transform_inputs -> loss_terms (weighted by
+  state.loss_weights) -> gradients -> after_gradients -> observe -> its transform.
+  """
   labels_fn = models.modality_labels
-  twin_redundancy = functools.partial(redundancy_from_twins, model, sigma=method.sigma, eps=eps)
+  modalities = tuple(modalities)
 
   def train_step(state: TrainState, batch):
     epoch = state.step // steps_per_epoch
     key = jax.random.fold_in(state.rng, state.step)
-    k_drop, k_twin, k_obs, k_md = jax.random.split(key, 4)
+    k_drop, k_observe, k_obs, k_input = jax.random.split(key, 4)
     labels = batch["label"]
-    clean = inputs = {m: batch[m] for m in modalities}
-    dropped = None
-    if method.modality_dropout:
-      inputs, dropped = modality_dropout(inputs, k_md, epoch, num_epochs, modalities)
+    clean = {m: batch[m] for m in modalities}
+    step = methods_lib.Step(
+        model=model, modalities=modalities, params=state.params,
+        batch_stats=state.batch_stats, method_state=state.method_state, epoch=epoch,
+        labels=labels, clean=clean, inputs=clean, extras={}, input_key=k_input,
+        observe_key=k_observe)
+    inputs, extras = method.transform_inputs(step)
+    step = step._replace(inputs=inputs, extras=extras)
 
     def losses_fn(params):
       out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, inputs,
                                  train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
-      losses = {"multimodal": cross_entropy(out["logits"], labels)}
-      if method.unimodal_heads:
-        losses["unimodal"] = sum(cross_entropy(out["unimodal_logits"][m], labels)
-                                 for m in modalities)
-      if method.branch_losses:  # Released InfoReg: CE(W_m z_m + b/M) via the fused head.
-        losses["branch"] = sum(cross_entropy(out["branch_logits"][m], labels)
-                               for m in modalities)
-      return losses, (out, mutated["batch_stats"])
+      raw = method.loss_terms(out, step)
+      weighted = {k: state.loss_weights[k] * v for k, v in raw.items()}
+      return weighted, (out, mutated["batch_stats"], raw)
 
-    if method.aux_grads:
-      # One forward pass and one VJP; the per-loss gradients come from two cotangents.
-      losses, vjp_fn, (out, new_bs) = jax.vjp(losses_fn, state.params, has_aux=True)
-      unit = lambda k: {n: jnp.asarray(float(n == k), l.dtype) for n, l in losses.items()}
-      per_loss = {k: vjp_fn(unit(k))[0] for k in losses}
-      grads = jax.tree.map(lambda *g: sum(g), *per_loss.values())
-      aux_grads = per_loss
-    else:
-      total = lambda p: (lambda l, a: (sum(l.values()), (l, a)))(*losses_fn(p))
-      (_, (losses, (out, new_bs))), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-      aux_grads = None
+    losses, grads, aux_grads, (out, new_bs, raw) = method.gradients(losses_fn, state.params)
+    grads, aux_grads, new_bs = method.after_gradients(step, grads, aux_grads, new_bs)
     loss = sum(losses.values())
-    if dropped is not None and method.dropped_encoder == "frozen":
-      # A zeroed batch has ~zero variance at every train-mode BatchNorm, whose backward
-      # pass then scales the gradient by 1/sqrt(var + eps) per layer: the dropped
-      # encoder's gradient is 1e3-1e5 x its usual size, and SGD diverges (the released
-      # code has the same pathology; docs/reproducing.md). The encoder saw no data:
-      # it takes neither a gradient nor BatchNorm statistics from this batch.
-      grads, new_bs = _freeze_dropped(grads, new_bs, state.batch_stats, dropped)
-      if aux_grads is not None:
-        aux_grads = {k: _freeze_dropped(g, None, None, dropped)[0] for k, g in aux_grads.items()}
 
     branch_logits = jax.lax.stop_gradient(out["branch_logits"])
     features = jax.lax.stop_gradient(out["features"])
     obs = Observations(branch_logits=branch_logits, labels=labels, features=features,
-                       epoch=epoch.astype(jnp.int32), rng=k_obs, aux_grads=aux_grads)
-    if method.twins != "none":
-      twin_inputs = clean if method.twins_on == "clean" else inputs
-      fns = [functools.partial(twin_redundancy, m, state.params, state.batch_stats,
-                               twin_inputs[m], jax.random.fold_in(k_twin, i))
-             for i, m in enumerate(modalities)]
-      if method.twins == "all":
-        red = {m: fn() for m, fn in zip(modalities, fns)}
-        valid = {m: jnp.array(True) for m in modalities}
-      else:  # Only the dominant modality's score changes the update (docs/methods.md §RedReg step 3).
-        dom = dominant_modality(true_class_probs(obs, modalities))
-        r = jax.lax.switch(dom, fns)
-        red = {m: r for m in modalities}
-        valid = {m: dom == i for i, m in enumerate(modalities)}
-      obs = obs._replace(redundancy=red, redundancy_valid=valid)
+                       epoch=epoch.astype(jnp.int32), rng=k_obs, aux_grads=aux_grads,
+                       method_state=state.method_state)
+    obs = method.observe(step, obs)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params, observations=obs)
     params = optax.apply_updates(state.params, updates)
@@ -236,14 +208,13 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
                               opt_state=opt_state,
                               skipped=state.skipped + (~all_finite).astype(jnp.int32))
 
-    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in losses.items()},
+    metrics = {"loss": loss, **{f"loss_{k}": v for k, v in raw.items()},
                "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == labels),
                "grad_norm": optax.tree.norm(grads),
                "finite": all_finite, **{f"finite_{g}": v for g, v in finite.items()}}
     for m in modalities:
       metrics[f"accuracy_{m}"] = jnp.mean(jnp.argmax(branch_logits[m], -1) == labels)
-      if dropped is not None:
-        metrics[f"dropped_{m}"] = dropped[m].astype(jnp.float32)
+    metrics.update(method.step_metrics(step))
     diag = optax.tree_utils.tree_get(opt_state, "diagnostics", default=None)
     if diag:
       metrics.update(diag)
@@ -313,19 +284,18 @@ class Experiment:
                        f"split ({n_train} examples).")
     self.num_epochs = int(config.num_epochs)
     self.total_steps = self.num_epochs * self.steps_per_epoch
+    # The method checks its config here (bad values, feature sizes), before anything runs.
     self.method = methods_lib.build_method(
         config.method, config.optim, modalities=self.modalities,
-        param_labels=models.modality_labels, num_epochs=self.num_epochs)
+        param_labels=models.modality_labels, num_epochs=self.num_epochs,
+        feature_dims=self._feature_dims)
     self.model = build_model(config, self.info, self.method)
-    if self.method.equal_features:
-      self._check_equal_features()
     self.tx = methods_lib.build_optimizer(self.method, config.optim, self.steps_per_epoch)
     self.repl = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
     self.step_fn = make_train_step(
         self.model, self.tx, self.method, modalities=self.modalities,
-        steps_per_epoch=self.steps_per_epoch, num_epochs=self.num_epochs,
-        skip_nonfinite=bool(config.train.skip_nonfinite))
+        steps_per_epoch=self.steps_per_epoch, skip_nonfinite=bool(config.train.skip_nonfinite))
     self.train_step = self.jit_train_step(self.step_fn)
     self.eval_step = jax.jit(make_eval_step(self.model, self.modalities),
                              in_shardings=(self.repl, self.data_sharding),
@@ -344,16 +314,13 @@ class Experiment:
                                      global_batch=self.eval_batch_size)
     return input_pipeline.to_global(next(it), self.data_sharding)
 
-  def _check_equal_features(self):
-    """Co-information compares pooled features across modalities: sizes must match."""
+  def _feature_dims(self) -> dict:
+    """{modality: pooled feature size}, from abstract shapes (nothing is compiled)."""
+    model = build_model(self.config, self.info, methods_lib.Method(self.config.method))
     shapes = jax.eval_shape(
-        lambda: self.model.init_with_output(jax.random.key(0), dummy_inputs(self.info),
-                                            train=False)[0]["features"])
-    dims = {m: s.shape[-1] for m, s in shapes.items()}
-    if len(set(dims.values())) > 1:
-      raise ValueError(f"{self.method.name} needs one pooled feature size for every modality "
-                       f"(co-information, RedReg Eq.22-23); got {dims}. Set the encoders' "
-                       "widths (config.model.encoders.<m>.width / pooled_dim) to match.")
+        lambda: model.init_with_output(jax.random.key(0), dummy_inputs(self.info),
+                                       train=False)[0]["features"])
+    return {m: s.shape[-1] for m, s in shapes.items()}
 
   def jit_train_step(self, step_fn):
     """jit with the batch sharded over 'data', the state replicated and donated."""
@@ -367,7 +334,10 @@ class Experiment:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=self.tx.init(params),
                       rng=jax.random.PRNGKey(self.config.seed + 1),
-                      skipped=jnp.zeros((), jnp.int32))
+                      skipped=jnp.zeros((), jnp.int32),
+                      loss_weights={t.name: jnp.asarray(t.weight, jnp.float32)
+                                    for t in self.method.losses},
+                      method_state=self.method.init_method_state(self.info))
 
   @functools.cached_property
   def _jit_init(self):
@@ -378,6 +348,21 @@ class Experiment:
     # Parameter init draws from an RBG key: deterministic, and XLA compiles it in seconds
     # where threefry over ~60 tensors takes ~40 s on a CPU.
     return self._jit_init(jax.random.key(self.config.seed, impl="rbg"))
+
+  def run_epoch_hooks(self, at: str, epoch: int, state: TrainState):
+    """Runs the method's epoch hooks for `at` ('start' | 'end'); returns (state, scalars)."""
+    scalars = {}
+    for hook in self.method.epoch_hooks:
+      if hook.at != at:
+        continue
+      update = hook.fn(methods_lib.EpochContext(epoch, state, self))
+      if update is None:
+        continue
+      if update.state is not None:
+        _check_same_layout(state, update.state, hook)
+        state = jax.device_put(update.state, self.repl)
+      scalars.update({k: float(v) for k, v in update.metrics.items()})
+    return state, scalars
 
   def train_batches(self, epoch: int, start_batch: int = 0):
     it = input_pipeline.train_batches(
@@ -411,6 +396,19 @@ class Experiment:
     if return_features:
       result["_outputs"] = out
     return result
+
+
+def _check_same_layout(old: TrainState, new: TrainState, hook) -> None:
+  """An epoch hook keeps every leaf's shape and dtype: the jitted step is not retraced."""
+  name = getattr(hook.fn, "__qualname__", repr(hook.fn))
+  if not isinstance(new, TrainState) or jax.tree.structure(old) != jax.tree.structure(new):
+    raise ValueError(f"Epoch hook {name} ({hook.at}) must return a TrainState with the "
+                     "same tree structure (use state.replace(...)).")
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(old), jax.tree.leaves(new)):
+    if (np.shape(a), jnp.result_type(a)) != (np.shape(b), jnp.result_type(b)):
+      raise ValueError(f"Epoch hook {name} ({hook.at}) changed {jax.tree_util.keystr(path)} "
+                       f"from {np.shape(a)} {jnp.result_type(a)} to {np.shape(b)} "
+                       f"{jnp.result_type(b)}; keep shapes and dtypes.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -495,6 +493,12 @@ def _eval_record(step, epoch, split, res):
           **{k: v for k, v in res.items() if not k.startswith("_")}}
 
 
+def _stopped(signal_name: str, step: int, workdir: str) -> dict:
+  log_lib.info(f"Stopped by {signal_name} at step {step}; checkpoint saved. Resume with "
+               f"the same command (same --workdir={workdir}).")
+  return {"stopped": signal_name, "step": step}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
   """Trains, evaluates on validation every epoch and on test at the end; returns the summary."""
@@ -557,6 +561,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with _StopFlag() as stop:
     while step < exp.total_steps:
       epoch, start_batch = divmod(step, exp.steps_per_epoch)
+      if start_batch == 0:  # Resumed in mid-epoch, the hooks' work is in the checkpoint.
+        state, hook_scalars = exp.run_epoch_hooks("start", epoch, state)
+        for k, v in hook_scalars.items():  # Logged with this epoch's summary.
+          epoch_acc.setdefault(k, []).append(v)
       for batch in exp.train_batches(epoch, start_batch):
         t0 = time.time()
         state, metrics = exp.train_step(state, batch)
@@ -582,13 +590,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if pending is not None:
         handle(*pending)
         pending = None
-      if stop.signal:
+      if stop.signal and step % exp.steps_per_epoch:  # In mid-epoch; a full one ends below.
         logger.flush()
         ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
-        log_lib.info(f"Stopped by {stop.signal} at step {step}; checkpoint saved. Resume with "
-                     f"the same command (same --workdir={workdir}).")
-        return {"stopped": stop.signal, "step": step}
-      # End of epoch: summary of the training scalars, validation, checkpoints.
+        return _stopped(stop.signal, step, workdir)
+      # End of epoch: the method's hooks, then the summary of the training scalars,
+      # validation and checkpoints (which all see what the hooks did).
+      state, hook_scalars = exp.run_epoch_hooks("end", epoch, state)
+      for k, v in hook_scalars.items():
+        epoch_acc.setdefault(k, []).append(v)
       ep_rec = {"step": step, "epoch": epoch, "split": "train_epoch",
                 **{k: float(np.mean(v)) for k, v in epoch_acc.items()
                    if np.ndim(v[0]) == 0}}
@@ -608,6 +618,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         ckpt.save(step, state, meta, best=True)
       ckpt.save(step, state, meta)
       logger.flush()
+      if stop.signal:
+        return _stopped(stop.signal, step, workdir)
 
   # Final evaluation of the checkpoint chosen on validation (never on test).
   best_state, _ = ckpt.restore(state, which="best")

@@ -19,7 +19,7 @@ def _write_run(d, method, records):
 
 def _red(step, epoch, open_, warm, coinfo, dom, r_a, r_v, sim):
   return {"step": step, "epoch": epoch, "split": "train", "accuracy_audio": 0.5,
-          "accuracy_visual": 0.4, "p_audio": 0.6, "r_audio": r_a, "red_valid_audio": 1.0,
+          "accuracy_visual": 0.4, "p_audio": 0.6 if dom == 0 else 0.3, "r_audio": r_a, "red_valid_audio": 1.0,
           "p_visual": 0.4, "r_visual": r_v, "red_valid_visual": 1.0, "sim": sim,
           "gate_open": open_, "gate_closed_by_warmup": warm, "gate_closed_by_window": 0.0,
           "gate_closed_by_monitor": 0.0, "gate_closed_by_coinfo": coinfo, "dominant": dom}
