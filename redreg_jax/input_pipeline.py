@@ -106,6 +106,30 @@ class _PaddedSource:
     return ex
 
 
+class SubsetSource:
+  """The examples of `source` at `indices` (in that order), as a random-access source."""
+
+  def __init__(self, source, indices):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+    if self._indices.size and (self._indices.min() < 0 or self._indices.max() >= len(source)):
+      raise ValueError(f"SubsetSource: indices must lie in [0, {len(source)}).")
+
+  def __len__(self):
+    return int(self._indices.size)
+
+  def __getitem__(self, i):
+    return self._source[int(self._indices[i])]
+
+
+def seeded_subset(num_examples: int, fraction: float, seed: int) -> np.ndarray:
+  """A fixed random subset of max(1, round(fraction * n)) indices, sorted (per seed)."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"subset fraction must be in (0, 1], got {fraction!r}")
+  size = max(1, int(round(fraction * num_examples)))
+  return np.sort(np.random.default_rng(seed).permutation(num_examples)[:size])
+
+
 def partial_batch_size(num_examples: int, global_batch: int, granularity: int = 1) -> int:
   """Size of the kept last partial batch: the remainder, down to a multiple of `granularity`.
 

@@ -373,16 +373,28 @@ class Experiment:
     return input_pipeline.prefetch_to_device(it, self.data_sharding,
                                              int(self.config.train.device_prefetch))
 
-  def evaluate(self, state: TrainState, split: str, return_features: bool = False) -> dict:
-    it = input_pipeline.eval_batches(self.dataset.sources[split], self.dataset.preprocess[False],
-                                     self.keys, global_batch=self.eval_batch_size)
+  def outputs(self, state: TrainState, split: str, indices=None) -> dict:
+    """Inference-mode outputs over a split (or its examples at `indices`), on the host.
+
+    Returns numpy {'logits', 'branch_logits', 'features' ({m: [N, D]} pooled features),
+    'label', 'subset_logits' (M <= MAX_SHAPLEY_MODALITIES)}, padding removed, in the
+    split's order: what epoch hooks read (PMR's prototypes, DRBML's diagnosis, ...).
+    """
+    source = self.dataset.sources[split]
+    if indices is not None:
+      source = input_pipeline.SubsetSource(source, indices)
+    it = input_pipeline.eval_batches(source, self.dataset.preprocess[False], self.keys,
+                                     global_batch=self.eval_batch_size)
     outs = []
     for batch in input_pipeline.prefetch_to_device(it, self.data_sharding):
       outs.append(jax.device_get(self.eval_step(state, batch)))
     cat = lambda *xs: np.concatenate(xs, axis=0)
     out = jax.tree.map(cat, *outs)
     keep = out["mask"] > 0
-    out = jax.tree.map(lambda x: x[keep], out)
+    return jax.tree.map(lambda x: x[keep], out)
+
+  def evaluate(self, state: TrainState, split: str, return_features: bool = False) -> dict:
+    out = self.outputs(state, split)
     result = metrics_lib.classification_metrics(
         out["logits"], out["label"], out["branch_logits"], self.info.num_classes,
         self.modalities)

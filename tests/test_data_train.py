@@ -24,6 +24,7 @@ from data import av_digits
 from data import cmu_mosi
 from data import cremad
 from data import folder
+from redreg_jax import input_pipeline
 from redreg_jax import train
 from tests import data_fixtures as fx
 from tests.test_data_av_digits import _write_fake_fsdd
@@ -243,3 +244,16 @@ def test_folder_rank_without_default_encoder_names_the_modality(tmp_path):
   with pytest.raises(ValueError, match=r"modality 'volume'.*config.model.encoders.volume"):
     train.Experiment(_config(folder_config, "joint,smoke",
                              **{"data.data_dir": str(tmp_path / "data")}))
+
+
+def test_subset_source_and_seeded_subset():
+  src = [{"x": np.float32(i)} for i in range(10)]
+  idx = input_pipeline.seeded_subset(10, 0.3, seed=1)
+  assert len(idx) == 3 and list(idx) == sorted(idx)
+  np.testing.assert_array_equal(idx, input_pipeline.seeded_subset(10, 0.3, seed=1))
+  sub = input_pipeline.SubsetSource(src, idx)
+  assert len(sub) == 3 and [sub[i]["x"] for i in range(3)] == [float(i) for i in idx]
+  with pytest.raises(ValueError, match=r"\[0, 10\)"):
+    input_pipeline.SubsetSource(src, [10])
+  with pytest.raises(ValueError, match="fraction"):
+    input_pipeline.seeded_subset(10, 0.0, seed=0)

@@ -126,3 +126,18 @@ def test_launch_smoke_end_to_end(tmp_path):
   assert os.listdir(workdir / "tensorboard")
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["best_epoch"] in (0, 1) and 0 <= summary["test"]["accuracy"] <= 1
+
+
+def test_outputs_over_a_subset_match_the_full_split(joint_exp):
+  exp = joint_exp
+  state = exp.init_state()
+  full = exp.outputs(state, "train")
+  n = len(full["label"])
+  assert n == len(exp.dataset.sources["train"])
+  idx = np.array([n - 1, 0, 2])
+  sub = exp.outputs(state, "train", indices=idx)
+  np.testing.assert_array_equal(sub["label"], full["label"][idx])
+  for m in exp.modalities:
+    assert sub["features"][m].shape == (3, full["features"][m].shape[1])
+    np.testing.assert_allclose(sub["features"][m], full["features"][m][idx], rtol=1e-5,
+                               atol=1e-6)
