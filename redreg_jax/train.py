@@ -169,7 +169,8 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
     clean = {m: batch[m] for m in modalities}
     step = methods_lib.Step(
         model=model, modalities=modalities, params=state.params,
-        batch_stats=state.batch_stats, method_state=state.method_state, epoch=epoch,
+        batch_stats=state.batch_stats, method_state=state.method_state,
+        opt_state=state.opt_state, epoch=epoch,
         labels=labels, clean=clean, inputs=clean, extras={}, input_key=k_input,
         observe_key=k_observe)
     inputs, extras = method.transform_inputs(step)
@@ -177,7 +178,8 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
 
     def losses_fn(params):
       out, mutated = model.apply({"params": params, "batch_stats": state.batch_stats}, inputs,
-                                 train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+                                 train=True, mutable=["batch_stats"], rngs={"dropout": k_drop},
+                                 **method.apply_kwargs(step))
       raw = method.loss_terms(out, step)
       weighted = {k: state.loss_weights[k] * v for k, v in raw.items()}
       return weighted, (out, mutated["batch_stats"], raw)
@@ -186,7 +188,7 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
     grads, aux_grads, new_bs = method.after_gradients(step, grads, aux_grads, new_bs)
     loss = sum(losses.values())
 
-    branch_logits = jax.lax.stop_gradient(out["branch_logits"])
+    branch_logits = jax.lax.stop_gradient(method.branch_logits(out, step))
     features = jax.lax.stop_gradient(out["features"])
     obs = Observations(branch_logits=branch_logits, labels=labels, features=features,
                        epoch=epoch.astype(jnp.int32), rng=k_obs, aux_grads=aux_grads,

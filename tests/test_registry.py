@@ -92,7 +92,8 @@ def test_golden_losses_of_three_steps(name):
   for _, batch in zip(range(3), exp.train_batches(0)):
     state, metrics = exp.train_step(state, batch)
     got.append(float(metrics["loss"]))
-  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # float32 over three steps: machines with other SIMD widths differ by ~1e-5 relative.
+  np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ class Step(NamedTuple):
   params: PyTree  # Before this step's update.
   batch_stats: PyTree  # BatchNorm statistics before this step.
   method_state: PyTree  # TrainState.method_state (set by the method's epoch hooks).
+  opt_state: PyTree  # The optimizer state before this step (e.g. a transform's phase).
   epoch: jax.Array  # [] int32, 0-based.
   labels: jax.Array  # [B] int32.
   clean: Mapping[str, jax.Array]  # modality -> the batch's inputs.
@@ -172,6 +173,16 @@ class Method:
     """TrainState.method_state at step 0 (arrays; fixed shapes). `info`: DatasetInfo."""
     del info
     return {}
+
+  def apply_kwargs(self, step: Step) -> dict[str, Any]:
+    """Extra keyword arguments of the training forward pass (e.g. {'subsets': ...})."""
+    del step
+    return {}
+
+  def branch_logits(self, out, step: Step) -> Mapping[str, jax.Array]:
+    """{modality: [B, K]} the transform observes (default: the model's branch logits)."""
+    del step
+    return out["branch_logits"]
 
   def loss_terms(self, out, step: Step) -> dict[str, jax.Array]:
     """{term name: unweighted loss} in `losses` order."""
