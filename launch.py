@@ -22,6 +22,13 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
 
 _DIST_FLAGS = ("coordinator_address", "num_processes", "process_id")
 
+# Exit codes (README, "Exit codes"): a scheduler can tell a finished run from a stopped
+# (resumable) one and from an error.
+EXIT_OK = 0  # Finished (or already finished: the summary is printed again).
+EXIT_ERROR = 1  # Bad data, non-finite run, busy workdir, unreadable checkpoints.
+EXIT_USAGE = 2  # Bad command line or config value: nothing was run.
+EXIT_STOPPED = 75  # Stopped by SIGTERM/SIGINT; relaunch the same command to resume.
+
 
 def print_optim_help(method: str) -> None:
   """Lists a method's config.optim fields with their defaults and one-line docs."""
@@ -90,9 +97,11 @@ def main(argv):
     for key, value in overrides:
       config_lib.apply_override(config, key, value)
     config.lock()
+    from redreg_jax import config_checks  # pylint: disable=g-import-not-at-top
+    config_checks.check_config(config)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return EXIT_USAGE
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   if flags["distributed"]:
@@ -103,12 +112,18 @@ def main(argv):
       train.evaluate_checkpoint(config, flags["workdir"], which=flags["eval_only"],
                                 split=flags["split"])
     else:
-      train.train_and_evaluate(config, flags["workdir"],
-                               allow_config_change=flags["allow_config_change"])
-  except (ValueError, FileNotFoundError, train.NonFiniteError) as e:
+      summary = train.train_and_evaluate(config, flags["workdir"],
+                                         allow_config_change=flags["allow_config_change"])
+      if "stopped" in summary:
+        return EXIT_STOPPED
+  except (ValueError, FileNotFoundError, train.NonFiniteError, train.WorkdirBusyError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+    return EXIT_ERROR
+  except KeyboardInterrupt:  # Before the loop took over the signals (data, build, init).
+    print(f"Interrupted before training started. Resume with the same command (same "
+          f"--workdir={flags['workdir']}).", file=sys.stderr)
+    return EXIT_STOPPED
+  return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ per-step `Observations`; chain it ahead of weight decay and SGD-momentum:
   updates, opt_state = tx.update(grads, opt_state, params, observations=obs)
 """
 
+from redreg_jax import integrate
 from redreg_jax import redreg_signals
 from redreg_jax.inforeg import INFOREG_PRESETS, InfoRegState, inforeg_transform
 from redreg_jax.mmpareto import MMParetoState, mmpareto_transform, per_loss_grads

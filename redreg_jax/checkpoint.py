@@ -11,9 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+
+class CorruptCheckpointError(ValueError):
+  """No intact checkpoint is left to restore (each unreadable one was named)."""
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else ""
+  return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
 class Checkpointer:
@@ -26,11 +38,15 @@ class Checkpointer:
                                         options=opts(keep))
     self.best = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "best")),
                                       options=opts(1))
+    self._unreadable: set[tuple[int, int]] = set()  # (id(manager), step) that failed.
 
   def save(self, step: int, state: Any, meta: dict, *, best: bool = False):
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     manager = self.best if best else self.latest
-    if manager.latest_step() == step:
+    if (id(manager), step) in self._unreadable:  # Replaced by the resumed run's save.
+      manager.delete(step)
+      self._unreadable.discard((id(manager), step))
+    elif manager.latest_step() == step:
       return
     manager.save(step, args=args)
     manager.wait_until_finished()
@@ -38,12 +54,38 @@ class Checkpointer:
   def latest_step(self, which: str = "latest") -> int | None:
     return (self.best if which == "best" else self.latest).latest_step()
 
-  def restore(self, abstract_state: Any, which: str = "latest", step: int | None = None):
-    """Returns (state, meta) of the latest (or best) checkpoint, or None if there is none."""
+  def folder(self, step: int, which: str = "latest") -> str:
+    """The directory of a checkpoint (for messages)."""
     manager = self.best if which == "best" else self.latest
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      return None
+    return os.path.join(str(manager.directory), str(step))
+
+  def restore(self, abstract_state: Any, which: str = "latest", step: int | None = None):
+    """Returns (state, meta) of the newest intact checkpoint, or None if there is none.
+
+    An unreadable checkpoint (a truncated or deleted file) is reported in one line naming
+    its folder and the next older one is tried; the unreadable one stays on disk until
+    the resumed run saves that step again. With `step` given, only that one.
+    """
+    manager = self.best if which == "best" else self.latest
+    steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+    for i, s in enumerate(steps):
+      try:
+        return self._restore(manager, s, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore errors)
+        folder = self.folder(s, which)
+        older = steps[i + 1] if i + 1 < len(steps) else None
+        self._unreadable.add((id(manager), s))
+        if older is None:
+          raise CorruptCheckpointError(
+              f"Checkpoint {folder} is unreadable ({_one_line(e)}) and no older intact one "
+              f"is left in {manager.directory}; use a new --workdir (or delete that folder) "
+              "to start over.") from None
+        if jax.process_index() == 0:
+          print(f"Checkpoint {folder} is unreadable ({_one_line(e)}); falling back to "
+                f"step {older}.", file=sys.stderr, flush=True)
+    return None
+
+  def _restore(self, manager, step: int, abstract_state: Any):
     target, missing = abstract_state, _missing_fields(manager, step, abstract_state)
     if missing:  # Saved before the state had these fields: they keep their initial values.
       target = {f.name: getattr(abstract_state, f.name)

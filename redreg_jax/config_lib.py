@@ -44,7 +44,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
                                            encoders={}))
   c.train = ml_collections.ConfigDict(dict(
       log_every_steps=1, progress_every=50, checkpoint_every_steps=500, keep_checkpoints=3,
-      skip_nonfinite=False, input_threads=2, device_prefetch=2,
+      skip_nonfinite=False, max_skipped_fraction=0.1, input_threads=2, device_prefetch=2,
       probe_every_steps=10))
   return c
 

@@ -47,7 +47,8 @@ def truncate_records(workdir: str, step: int) -> None:
 class MetricLogger:
   """Writes one JSON object per record to DIR/metrics.jsonl and scalars to TensorBoard."""
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  def __init__(self, workdir: str, enabled: bool | None = None, purge_step: int | None = None):
+    """`purge_step`: a resumed run's step; TensorBoard hides events logged after it."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tb = None
@@ -55,7 +56,11 @@ class MetricLogger:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      tb_dir = os.path.join(workdir, "tensorboard")
+      if not purge_step and os.path.isdir(tb_dir):  # A fresh start: no stale curves.
+        import shutil  # pylint: disable=g-import-not-at-top
+        shutil.rmtree(tb_dir)
+      self._tb = SummaryWriter(tb_dir, purge_step=purge_step or None)
 
   def write(self, record: Mapping[str, Any], prefix: str = ""):
     """Logs a record; scalar entries also go to TensorBoard as `prefix/key`."""
@@ -89,9 +94,18 @@ class Progress:
     self.total, self.every = total_steps, max(1, every)
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._t0, self._s0 = time.time(), start_step
+    self._first = start_step + 1
+
+  def restart_clock(self, step: int) -> None:
+    """Measures the rate (and ETA) from here: call it after compilation."""
+    self._t0, self._s0 = time.time(), step
 
   def update(self, step: int, extra: str = ""):
-    if not self.enabled or (step % self.every and step != self.total):
+    first = step == self._first  # The first step prints at once (after compiling).
+    if not self.enabled or (step % self.every and step != self.total and not first):
+      return
+    if first:
+      print(f"step {step}/{self.total} {extra}", file=sys.stderr, flush=True)
       return
     dt = time.time() - self._t0
     done = step - self._s0

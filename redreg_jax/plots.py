@@ -442,7 +442,8 @@ def sweep_figures(rows: Sequence[dict], out_dir: str, split: str = "test") -> li
       xs_all = sorted(set(pos.values()))
       for ax, key in zip(axes, keys):
         for i, (label, lrs) in enumerate(lines.items()):
-          pts = sorted((pos[json.dumps(r["grid"][field])], *r[key]) for r in lrs if key in r)
+          pts = sorted((pos[json.dumps(r["grid"][field])], r[key][0], r[key][1] or 0.0)
+                       for r in lrs if key in r)
           if not pts:
             continue
           x, y, err = (np.asarray(c, np.float64) for c in zip(*pts))
@@ -450,7 +451,7 @@ def sweep_figures(rows: Sequence[dict], out_dir: str, split: str = "test") -> li
                       label=label)
         for j, r in enumerate(refs):
           if key in r:
-            mean, std = r[key]
+            mean, std = r[key][0], r[key][1] or 0.0
             c = colors[len(lines) + j]
             ax.axhline(mean, color=c, linestyle="--", linewidth=1.1,
                        label=f"{r['method']} (no {field} sweep)")

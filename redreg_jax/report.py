@@ -5,7 +5,7 @@ r"""Results tables from workdirs: Markdown and CSV, mean ± std over seeds.
 
 Every `summary.json` below the given directories is one run; runs are grouped by
 (dataset, method, modalities, grid point) and each metric is reported as mean ± std over
-the group (std over seeds, ddof 1; 0 for a single run), with the number of runs and mean
+the group (std over seeds, ddof 1; a single run shows its value alone), with the number of runs and mean
 wall time. Accuracies, Shapley values (`shapley_<m>`, accuracy points a modality adds,
 see `metrics.modality_contributions`), their shares (`shapley_share_<m>`, CSV only) and
 the imbalance gap (`imbalance_gap`, max - min Shapley value) are in %; a metric shows up
@@ -230,7 +230,7 @@ def table_rows(runs, split="test", by="auto"):
            "wall_s": float(np.mean([r["wall_seconds"] for r in rs]))}
     for c in cols:
       vals = np.array([100.0 * r[split][c] for r in rs], np.float64)
-      row[c] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
+      row[c] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else None)
     rows.append(row)
   return rows
 
@@ -260,7 +260,9 @@ def to_markdown(rows, split="test") -> str:
                + " | runs | wall s/run |")
     out.append("|---" * (len(grid_cols) + len(metric_cols) + 3) + "|")
     for r in rs:
-      cells = [f"{r[c][0]:.2f} ± {r[c][1]:.2f}" if c in r else "—" for c in metric_cols]
+      # One run has no spread: its value alone (runs column says 1), never "± 0.00".
+      cells = ["—" if c not in r else f"{r[c][0]:.2f}" if r[c][1] is None else
+               f"{r[c][0]:.2f} ± {r[c][1]:.2f}" for c in metric_cols]
       grid = "".join(f"{format_value(r['grid'].get(f))} | " for f in grid_cols)
       out.append(f"| {r['method']} | {grid}" + " | ".join(cells) + f" | {r['runs']} | "
                  f"{r['wall_s']:.0f} |")
@@ -296,7 +298,8 @@ def write_csv(rows, path):
       for k in keys:
         v = r.get(k)
         if k in metric_cols:
-          line += [f"{v[0]:.4f}", f"{v[1]:.4f}"] if v is not None else ["", ""]
+          line += ([f"{v[0]:.4f}", "" if v[1] is None else f"{v[1]:.4f}"] if v is not None
+                   else ["", ""])
         else:
           line.append("" if v is None or v == "—" else v)
       w.writerow(line)

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Mapping
 
@@ -26,8 +27,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from redreg_jax import checkpoint as ckpt_lib
+from redreg_jax import config_checks
 from redreg_jax import diagnostics
 from redreg_jax import input_pipeline
+from redreg_jax import integrate
 from redreg_jax import logger as log_lib
 from redreg_jax import methods as methods_lib
 from redreg_jax import metrics as metrics_lib
@@ -39,6 +42,14 @@ PyTree = Any
 
 class NonFiniteError(RuntimeError):
   """A non-finite loss or gradient stopped the run."""
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another process holds the workdir's lock."""
+
+
+class _Interrupted(Exception):
+  """SIGINT/SIGTERM during the final evaluation (the run is resumable)."""
 
 
 @flax.struct.dataclass
@@ -127,6 +138,13 @@ def redundancy_from_twins(model, m, params, batch_stats, x, key, *, sigma: float
   return jnp.mean((z1 - z2) ** 2) / (jnp.mean((noise[0] - noise[1]) ** 2) + eps)
 
 
+def tree_finite(tree) -> jax.Array:
+  """[] bool: every inexact leaf of `tree` is finite (integer leaves always are)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
 def finite_by_label(tree, labels) -> dict:
   """{label: all leaves with that label finite} for a label tree like `tree`'s."""
   flags: dict = {}
@@ -198,9 +216,14 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
     updates, opt_state = tx.update(grads, state.opt_state, state.params, observations=obs)
     params = optax.apply_updates(state.params, updates)
 
-    # Non-finite guard: per-group flags so the error can name the culprit.
+    # Non-finite guard: per-group flags so the error can name the culprit. The updated
+    # parameters, statistics and optimizer state are checked too: a checkpoint is only
+    # ever written from a state every flag vouched for.
     finite = finite_by_label(grads, labels_fn(grads))
     finite["loss"] = jnp.isfinite(loss)
+    finite["new_state"] = tree_finite((params, new_bs, opt_state))
+    for m in modalities:  # Bad data rather than a bad optimisation.
+      finite[f"input_{m}"] = jnp.all(jnp.isfinite(clean[m]))
     all_finite = jnp.all(jnp.stack(list(finite.values())))
     if skip_nonfinite:  # Keep the old state on a bad step, and count it.
       params, new_bs, opt_state = jax.tree.map(
@@ -213,7 +236,8 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
     metrics = {"loss": loss, **{f"loss_{k}": v for k, v in raw.items()},
                "accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == labels),
                "grad_norm": optax.tree.norm(grads),
-               "finite": all_finite, **{f"finite_{g}": v for g, v in finite.items()}}
+               "finite": all_finite, **{f"finite_{g}": v for g, v in finite.items()},
+               "_skipped": new_state.skipped}  # Steps skipped so far (skip_nonfinite).
     for m in modalities:
       metrics[f"accuracy_{m}"] = jnp.mean(jnp.argmax(branch_logits[m], -1) == labels)
     metrics.update(method.step_metrics(step))
@@ -254,6 +278,7 @@ class Experiment:
   """Builds dataset, mesh, model, optimizer and the jitted steps from a config."""
 
   def __init__(self, config: ml_collections.ConfigDict, dataset=None, mesh=None):
+    config_checks.check_config(config)  # Every bad value, one line each, before any build.
     self.config = config
     self.dataset = dataset or input_pipeline.get_dataset(config.data)
     self.info = self.dataset.info
@@ -340,6 +365,11 @@ class Experiment:
                       loss_weights={t.name: jnp.asarray(t.weight, jnp.float32)
                                     for t in self.method.losses},
                       method_state=self.method.init_method_state(self.info))
+
+  @functools.cached_property
+  def state_finite(self):
+    """Jitted state -> [] bool: parameters, statistics and optimizer state all finite."""
+    return jax.jit(lambda st: tree_finite((st.params, st.batch_stats, st.opt_state)))
 
   @functools.cached_property
   def _jit_init(self):
@@ -476,6 +506,7 @@ class _StopFlag:
 
   def __init__(self):
     self.signal = None
+    self.raise_now = False  # After the loop: a signal aborts the final evaluation.
     self._old = {}
 
   def __enter__(self):
@@ -488,6 +519,8 @@ class _StopFlag:
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     self.signal = signal.Signals(signum).name
+    if self.raise_now:
+      raise _Interrupted(self.signal)
 
   def __exit__(self, *exc):
     for sig, old in self._old.items():
@@ -507,63 +540,214 @@ def _eval_record(step, epoch, split, res):
           **{k: v for k, v in res.items() if not k.startswith("_")}}
 
 
-def _stopped(signal_name: str, step: int, workdir: str) -> dict:
-  log_lib.info(f"Stopped by {signal_name} at step {step}; checkpoint saved. Resume with "
-               f"the same command (same --workdir={workdir}).")
+def _stopped(signal_name: str, step: int, workdir: str, during: str = "") -> dict:
+  what = f"during {during}" if during else f"at step {step}; checkpoint saved"
+  log_lib.info(f"Stopped by {signal_name} {what}. Resume with the same command (same "
+               f"--workdir={workdir}).")
   return {"stopped": signal_name, "step": step}
+
+
+class _WorkdirLock:
+  """An exclusive lock on WORKDIR/.lock (process 0): one run per workdir at a time."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._f = None
+
+  def __enter__(self):
+    if jax.process_index() != 0:
+      return self
+    try:
+      import fcntl  # pylint: disable=g-import-not-at-top
+    except ImportError:  # Not POSIX: no lock.
+      return self
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    f = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or "unknown"
+      f.close()
+      raise WorkdirBusyError(f"{os.path.dirname(self.path)} is in use by process {holder} "
+                             f"(lock {self.path}); wait for it to end or use another "
+                             "--workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    self._f = f
+    return self
+
+  def __exit__(self, *exc):
+    if self._f is not None:
+      self._f.close()  # Closing releases the lock; the file stays (harmless).
+
+
+def _write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _read_summary(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is unreadable ({e}); delete it and relaunch to redo the "
+                     "final evaluation from the checkpoints.") from None
+
+
+def _probe_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, "probe", f"{step}.npz")
+
+
+def _save_probe(workdir: str, step: int, probe, keep_steps) -> None:
+  """The RLC probe baseline beside checkpoint `step` (process 0, atomic); prunes others."""
+  if jax.process_index() != 0:
+    return
+  path = _probe_path(workdir, step)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  flat = {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(probe))}
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+  keep = {f"{s}.npz" for s in keep_steps} | {f"{step}.npz"}
+  for name in os.listdir(os.path.dirname(path)):
+    if name.endswith(".npz") and name not in keep:
+      os.remove(os.path.join(os.path.dirname(path), name))
+
+
+def _load_probe(workdir: str, step: int, like, sharding):
+  """The probe baseline saved with checkpoint `step`, or None (older runs had none)."""
+  path = _probe_path(workdir, step)
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as data:
+    leaves = [data[jax.tree_util.keystr(k)] for k, _ in jax.tree_util.tree_leaves_with_path(like)]
+  return jax.device_put(jax.tree.unflatten(jax.tree.structure(like), leaves), sharding)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict:
-  """Trains, evaluates on validation every epoch and on test at the end; returns the summary."""
+  """Trains, evaluates on validation every epoch and on test at the end; returns the summary.
+
+  A summary with a 'stopped' key means a signal stopped the run (resumable).
+  """
   t_start = time.time()
   _check_saved_config(workdir, config, allow_config_change)
+  log_lib.info(f"building data ({config.data.name}) and model ...")
   exp = Experiment(config)  # Bad data or config fails here, before anything is written.
+  log_lib.info(f"data: {len(exp.dataset.sources['train'])} train / "
+               f"{len(exp.dataset.sources['validation'])} validation examples; model and "
+               f"optimizer built in {time.time() - t_start:.1f}s")
+  with _WorkdirLock(workdir):
+    return _train_and_evaluate(exp, config, workdir, t_start)
+
+
+def _checkpoint_left(ckpt) -> str:
+  last = ckpt.latest_step()
+  return (f"The latest checkpoint {ckpt.folder(last)} (step {last}) holds a finite state; "
+          "a relaunch resumes from it (with a changed config: --allow_config_change)."
+          if last is not None else "No checkpoint was written before it.")
+
+
+def _nonfinite_message(step_done, host, workdir, ckpt) -> str:
+  """Names the step, the groups, the likely cause and the checkpoint left behind."""
+  bad = [k[len("finite_"):] for k, v in host.items() if k.startswith("finite_") and not v]
+  inputs = [b[len("input_"):] for b in bad if b.startswith("input_")]
+  if inputs:
+    cause = (f"the batch holds non-finite inputs ({', '.join(inputs)}): the data is bad, "
+             "not the optimisation; check the dataset (re-run python -m data.prepare, "
+             "which refuses non-finite values)")
+  else:
+    cause = ("the optimisation diverged on finite inputs: lower the learning rate "
+             "(--config.optim.lr), or set --config.train.skip_nonfinite=True to skip such "
+             "steps")
+  left = _checkpoint_left(ckpt)
+  groups = ", ".join(b for b in bad if not b.startswith("input_")) or "inputs"
+  return (f"Non-finite values at step {step_done} in {groups} (loss={host['loss']}); "
+          f"likely cause: {cause}. {left}")
+
+
+def _train_and_evaluate(exp: Experiment, config, workdir: str, t_start: float) -> dict:
+  """The loop of `train_and_evaluate`, under the workdir lock."""
   _write_config(workdir, config)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.train.keep_checkpoints))
   state = exp.init_state()
-  meta = {"best_accuracy": -1.0, "best_step": None, "best_epoch": None}
+  meta = {"best_accuracy": -1.0, "best_step": None, "best_epoch": None,
+          "wall_seconds": 0.0, "compile_seconds": None}
   epoch_acc: dict[str, list] = {}  # This epoch's per-step scalars (checkpointed in meta).
   restored = ckpt.restore(state)
   if restored is not None:
     state, meta = restored
+    meta.setdefault("wall_seconds", 0.0)
+    meta.setdefault("compile_seconds", None)
     state = jax.device_put(state, exp.repl)
     epoch_acc = meta.pop("epoch_acc", {})
-    # Records written after the checkpoint are replayed by the resumed run.
-    log_lib.truncate_records(workdir, int(state.step))
     log_lib.info(f"Resumed from {workdir}/checkpoints at step {int(state.step)}.")
+  # Records after the checkpoint (all of them when there is none) are replayed.
+  log_lib.truncate_records(workdir, int(state.step))
   summary_path = os.path.join(workdir, "summary.json")
   if int(state.step) >= exp.total_steps and os.path.exists(summary_path):
-    with open(summary_path, encoding="utf-8") as f:
-      summary = json.load(f)
+    summary = _read_summary(summary_path)
     log_lib.info(f"{workdir} holds a finished run; its summary:")
     print_summary(summary, exp.modalities)
     ckpt.close()
     return summary
-  logger = log_lib.MetricLogger(workdir)
+  logger = log_lib.MetricLogger(workdir, purge_step=int(state.step))
   log_lib.info(f"method={config.method} data={config.data.name} devices={jax.device_count()} "
                f"steps/epoch={exp.steps_per_epoch} epochs={exp.num_epochs}")
 
-  step = int(state.step)
+  step = start_step_of_process = int(state.step)
   progress = log_lib.Progress(exp.total_steps, step, every=int(config.train.progress_every))
   ckpt_every = int(config.train.checkpoint_every_steps)
   log_every = int(config.train.log_every_steps)
-  compile_s = None
+  compile_s = meta["compile_seconds"]
+  wall_before = float(meta["wall_seconds"])  # Earlier processes of this run.
   pending = None  # (step, metrics) of the previous step, fetched one step late.
-  # RLC (RedReg Fig. 1/3) on a fixed probe batch every `probe_every_steps` steps.
+  max_skipped = float(config.train.get("max_skipped_fraction", 0.1)) * exp.steps_per_epoch
+  # RLC (RedReg Fig. 1/3) on a fixed probe batch every `probe_every_steps` steps; its
+  # baseline is saved with each checkpoint, so a resumed run logs the same RLC.
   probe_every = int(config.train.probe_every_steps)
   if probe_every > 0:
     probe_batch = exp.probe_batch()
     probe_prev = exp.eval_step(state, probe_batch)  # Same shapes as evaluation: one compile.
+    if restored is not None:
+      saved = _load_probe(workdir, step, probe_prev, exp.repl)
+      probe_prev = probe_prev if saved is None else saved
+
+  def save(step_now, meta_now, best=False):
+    if not bool(jax.device_get(exp.state_finite(state))):  # Never a poisoned checkpoint.
+      raise NonFiniteError(f"The state at step {step_now} holds non-finite parameters, "
+                           "statistics or optimizer state; no checkpoint was written for "
+                           f"it. {_checkpoint_left(ckpt)}")
+    meta_now = {**meta_now, "compile_seconds": compile_s,
+                "wall_seconds": wall_before + time.time() - t_start}
+    if probe_every > 0 and not best:
+      _save_probe(workdir, step_now, probe_prev, ckpt.latest.all_steps())
+    ckpt.save(step_now, state, meta_now, best=best)
 
   def handle(step_done, metrics):
     host = _host_scalars(metrics)
-    if not host.pop("finite") and not config.train.skip_nonfinite:
-      bad = [k[len("finite_"):] for k, v in host.items() if k.startswith("finite_") and not v]
+    finite = host.pop("finite")
+    if not finite and not config.train.skip_nonfinite:
+      raise NonFiniteError(_nonfinite_message(step_done, host, workdir, ckpt))
+    if not finite and host["_skipped"] > max_skipped:
       raise NonFiniteError(
-          f"Non-finite values at step {step_done} in {', '.join(bad)} (loss={host['loss']}). "
-          f"The last good checkpoint in {workdir}/checkpoints is intact. Lower the learning "
-          "rate, or set --config.train.skip_nonfinite=True to skip such steps.")
+          f"{host['_skipped']} steps skipped for non-finite values by step {step_done}, more "
+          f"than train.max_skipped_fraction={config.train.get('max_skipped_fraction', 0.1)} "
+          f"of an epoch ({exp.steps_per_epoch} steps): the run is not training. "
+          + _nonfinite_message(step_done, host, workdir, ckpt))
+    if not finite:
+      log_lib.info(f"step {step_done}: non-finite values, step skipped "
+                   f"({host['_skipped']} so far).")
+    host.pop("_skipped")
     for k, v in host.items():
       if not k.startswith("finite"):
         epoch_acc.setdefault(k, []).append(v)
@@ -581,10 +765,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           epoch_acc.setdefault(k, []).append(v)
       for batch in exp.train_batches(epoch, start_batch):
         t0 = time.time()
+        if step == start_step_of_process:
+          log_lib.info("compiling the train step ...")
         state, metrics = exp.train_step(state, batch)
-        if compile_s is None:
+        if step == start_step_of_process:  # This process's first step compiles.
           jax.block_until_ready(state.step)
-          compile_s = time.time() - t0
+          if compile_s is None:
+            compile_s = time.time() - t0
+          log_lib.info(f"compiled the train step in {time.time() - t0:.1f}s")
+          progress.restart_clock(step + 1)
         step += 1
         if probe_every > 0 and step % probe_every == 0:
           probe_now = exp.eval_step(state, probe_batch)
@@ -598,7 +787,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           handle(*pending)
           pending = None
           logger.flush()  # Everything up to a checkpoint is on disk before it exists.
-          ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
+          save(step, {**meta, "epoch_acc": epoch_acc})
         if stop.signal:
           break
       if pending is not None:
@@ -606,7 +795,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         pending = None
       if stop.signal and step % exp.steps_per_epoch:  # In mid-epoch; a full one ends below.
         logger.flush()
-        ckpt.save(step, state, {**meta, "epoch_acc": epoch_acc})
+        save(step, {**meta, "epoch_acc": epoch_acc})
+        logger.close()
+        ckpt.close()
         return _stopped(stop.signal, step, workdir)
       # End of epoch: the method's hooks, then the summary of the training scalars,
       # validation and checkpoints (which all see what the hooks did).
@@ -618,45 +809,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    if np.ndim(v[0]) == 0}}
       if "gate_open" in epoch_acc:
         ep_rec["gate_open_fraction"] = float(np.mean(epoch_acc["gate_open"]))
+        note = integrate.inactive_note(epoch_acc, config.method)
+        if note:  # Regulation that never acts is worth one line per epoch.
+          log_lib.info(f"warning: epoch {epoch}: {note}")
       epoch_acc = {}
       logger.write(ep_rec, prefix="train_epoch/")
       res = exp.evaluate(state, "validation")
       logger.write(_eval_record(step, epoch, "validation", res), prefix="validation/")
+      skipped = int(jax.device_get(state.skipped))
       log_lib.info(f"epoch {epoch}: val acc {res['accuracy']:.4f} " + " ".join(
-          f"{m} {res[f'accuracy_{m}']:.4f}" for m in exp.modalities))
+          f"{m} {res[f'accuracy_{m}']:.4f}" for m in exp.modalities) +
+                   (f" ({skipped} steps skipped so far)" if skipped else ""))
       is_best = res["accuracy"] > meta["best_accuracy"]
       if is_best:
         meta = {"best_accuracy": res["accuracy"], "best_step": step, "best_epoch": epoch}
       logger.flush()
       if is_best:  # Best first: a crash between the two saves replays this epoch.
-        ckpt.save(step, state, meta, best=True)
-      ckpt.save(step, state, meta)
+        save(step, meta, best=True)
+      save(step, meta)
       logger.flush()
       if stop.signal:
+        logger.close()
+        ckpt.close()
         return _stopped(stop.signal, step, workdir)
 
-  # Final evaluation of the checkpoint chosen on validation (never on test).
-  best_state, _ = ckpt.restore(state, which="best")
-  best_state = jax.device_put(best_state, exp.repl)
-  summary = {"method": config.method, "dataset": config.data.name, "seed": int(config.seed),
-             "steps": step, "best_epoch": meta["best_epoch"], "best_step": meta["best_step"],
-             "compile_seconds": compile_s, "wall_seconds": time.time() - t_start,
-             "skipped_steps": int(state.skipped)}
-  for split in ("validation", "test"):
-    res = exp.evaluate(best_state, split)
-    logger.write(_eval_record(step, meta["best_epoch"], split, res), prefix=f"final_{split}/")
-    summary[split] = {k: v for k, v in res.items() if not k.startswith("_")}
+    # Final evaluation of the checkpoint chosen on validation (never on test). A signal
+    # now aborts it at once; the relaunch redoes it from the checkpoints.
+    stop.raise_now = True
+    try:
+      best_state, _ = ckpt.restore(state, which="best")
+      best_state = jax.device_put(best_state, exp.repl)
+      summary = {"method": config.method, "dataset": config.data.name,
+                 "seed": int(config.seed), "steps": step, "best_epoch": meta["best_epoch"],
+                 "best_step": meta["best_step"], "compile_seconds": compile_s,
+                 "wall_seconds": wall_before + time.time() - t_start,
+                 "skipped_steps": int(jax.device_get(state.skipped))}
+      for split in ("validation", "test"):
+        res = exp.evaluate(best_state, split)
+        logger.write(_eval_record(step, meta["best_epoch"], split, res),
+                     prefix=f"final_{split}/")
+        summary[split] = {k: v for k, v in res.items() if not k.startswith("_")}
+    except _Interrupted as e:
+      logger.close()
+      ckpt.close()
+      return _stopped(str(e), step, workdir, during="the final evaluation")
+    stop.raise_now = False
   logger.close()
   ckpt.close()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump(summary, f, indent=2)
+    _write_json_atomic(summary_path, summary)
     print_summary(summary, exp.modalities)
   return summary
 
 
 def evaluate_checkpoint(config, workdir: str, which: str = "best", split: str = "test") -> dict:
   """Evaluates the best (or latest) checkpoint of a workdir on one split or 'all'."""
+  folder = os.path.join(workdir, "best" if which == "best" else "checkpoints")
+  if not os.path.isdir(folder):  # Checked first: nothing is created in an empty workdir.
+    raise FileNotFoundError(f"No {which} checkpoint in {workdir}; train first with "
+                            f"python launch.py --config=... --workdir={workdir}")
   exp = Experiment(config)
   ckpt = ckpt_lib.Checkpointer(workdir)
   restored = ckpt.restore(exp.init_state(), which=which)

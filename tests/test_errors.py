@@ -41,10 +41,12 @@ def test_nonfinite_loss_stops_with_named_step_and_keeps_last_good_checkpoint(tmp
 
 def test_skip_nonfinite_counts_skipped_steps(tmp_path):
   r = _launch("configs/synthetic.py:joint,smoke,tiny", tmp_path, "--config.optim.lr=1e3",
-              "--config.optim.momentum=0.99", "--config.train.skip_nonfinite=true")
+              "--config.optim.momentum=0.99", "--config.train.skip_nonfinite=true",
+              "--config.train.max_skipped_fraction=1.0")
   assert r.returncode == 0, r.stderr[-2000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["skipped_steps"] > 0
+  assert "step skipped" in r.stderr and "steps skipped so far" in r.stderr  # Never silent.
 
 
 def test_missing_dataset_names_folder_and_command(tmp_path):

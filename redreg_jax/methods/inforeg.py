@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 from redreg_jax import inforeg as inforeg_lib
+from redreg_jax import config_checks as cc
 from redreg_jax.methods.spec import (BRANCH_CE, MULTIMODAL_CE, UNIMODAL_CE, Method,
                                      MethodSpec, Setup, fields, register)
 
@@ -67,10 +68,13 @@ def build(setup: Setup) -> Method:
   return Method(setup.name, losses=losses, transform=transform, branch_bias="split")
 
 
+RANGES = dict(beta=cc.NON_NEGATIVE, threshold_k=cc.NON_NEGATIVE, moving_average=cc.COUNT,
+              warmup_epochs=cc.INDEX, alpha_scales=cc.NON_NEGATIVE)
+
 register(MethodSpec("inforeg", "prime-learning-window pull toward epoch-start weights", build,
-                    defaults=DEFAULTS, docs=DOCS))
+                    defaults=DEFAULTS, docs=DOCS, ranges=RANGES))
 register(MethodSpec("inforeg_star", "InfoReg with unimodal losses", build, defaults=DEFAULTS,
-                    docs=DOCS, unimodal_heads=True))
+                    docs=DOCS, unimodal_heads=True, ranges=RANGES))
 # The released InfoReg (GeWu-Lab/InfoReg_CVPR2025 main.py; docs/reproducing.md):
 # audio trace, 10-epoch moving averages, K = 0.05, open from epoch 0, its trace,
 # scores and alpha forms, and its shared-head unimodal cross-entropies.
@@ -80,4 +84,4 @@ register(MethodSpec(
                   warmup_epochs=0, trace_form="released", score_form="sum",
                   alpha_form="released", alpha_scales=(0.95, 0.1),
                   unimodal_loss="shared_head"),
-    docs=DOCS))
+    docs=DOCS, ranges=RANGES))

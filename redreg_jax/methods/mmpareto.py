@@ -14,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from redreg_jax import config_checks as cc
 from redreg_jax import mmpareto as mmpareto_lib
 from redreg_jax.methods.spec import (MULTIMODAL_CE, UNIMODAL_CE, Method, MethodSpec, Setup,
                                      fields, register)
@@ -45,4 +46,5 @@ def build(setup: Setup) -> MMParetoMethod:
 
 
 register(MethodSpec("mmpareto", "Pareto combination of multimodal and unimodal gradients",
-                    build, defaults=DEFAULTS, docs=DOCS, unimodal_heads=True))
+                    build, defaults=DEFAULTS, docs=DOCS, unimodal_heads=True,
+                    ranges=dict(gamma=cc.POSITIVE)))

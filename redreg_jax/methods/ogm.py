@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+from redreg_jax import config_checks as cc
 from redreg_jax import ogm as ogm_lib
 from redreg_jax.methods.spec import MULTIMODAL_CE, Method, MethodSpec, Setup, fields, register
 
@@ -43,9 +44,11 @@ def build(setup: Setup, *, gaussian_noise: bool) -> Method:
   return Method(setup.name, losses=(MULTIMODAL_CE,), transform=transform, branch_bias="split")
 
 
+RANGES = dict(alpha=cc.NON_NEGATIVE, start_epoch=cc.INDEX, end_epoch=cc.INDEX)
+
 register(MethodSpec("ogm", "on-the-fly gradient modulation",
                     functools.partial(build, gaussian_noise=False), defaults=DEFAULTS,
-                    docs=DOCS))
+                    docs=DOCS, ranges=RANGES))
 register(MethodSpec("ogm_ge", "on-the-fly gradient modulation + Gaussian noise",
                     functools.partial(build, gaussian_noise=True), defaults=DEFAULTS,
-                    docs=DOCS))
+                    docs=DOCS, ranges=RANGES))

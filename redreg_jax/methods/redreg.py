@@ -14,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from redreg_jax import config_checks as cc
 from redreg_jax import redreg as redreg_lib
 from redreg_jax.methods.spec import (MULTIMODAL_CE, UNIMODAL_CE, Method, MethodSpec, Setup,
                                      Step, fields, register)
@@ -175,9 +176,16 @@ def build(setup: Setup) -> RedRegMethod:
                       dropped_encoder=optim["dropped_encoder"], num_epochs=setup.num_epochs)
 
 
+# Checked before anything is built (config_checks); the transform re-checks its own.
+RANGES = dict(window=cc.COUNT, threshold=cc.NON_NEGATIVE, beta=cc.NON_NEGATIVE,
+              gamma=cc.NON_NEGATIVE, tau_min=cc.Range(-1.0, 1.0), tau_max=cc.Range(-1.0, 1.0),
+              eps=cc.POSITIVE, warmup_epochs=cc.INDEX, ema_momentum=cc.UNIT_OPEN_HIGH,
+              anchor_ema_decay=cc.UNIT_OPEN_HIGH, sigma=cc.POSITIVE)
+
+
 def _register(name, summary, unimodal_heads=False, **overrides):
   register(MethodSpec(name, summary, build, defaults=dict(DEFAULTS, **overrides), docs=DOCS,
-                      unimodal_heads=unimodal_heads))
+                      unimodal_heads=unimodal_heads, ranges=RANGES))
 
 
 _register("redreg", "monitor + co-info gate + orthogonal correction on the dominant encoder")

@@ -258,9 +258,12 @@ class MethodSpec:
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   docs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # One line per field.
   unimodal_heads: bool = False  # A "*" method: trains one unimodal head per modality.
+  # config.optim field -> config_checks.Range: checked before anything is built.
+  ranges: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     object.__setattr__(self, "defaults", types.MappingProxyType(dict(self.defaults)))
+    object.__setattr__(self, "ranges", types.MappingProxyType(dict(self.ranges)))
     object.__setattr__(self, "docs", types.MappingProxyType(dict(self.docs)))
 
 
