@@ -31,6 +31,9 @@ def get_config(arg=None):
     c.optim.end_epoch = 20
   if "kernel_filter" in c.optim:  # OGM: Transformers have no conv kernels to modulate.
     c.optim.kernel_filter = "all_kernels"
+  if "reinit_lambda" in c.optim:  # DRBML paper Sec.4.2 on CMU-MOSI: lambda 8, H = 5.
+    c.optim.reinit_lambda = 8.0
+    c.optim.reinit_every = 5
   if arg.smoke:
     c.num_epochs = 3
   return c

@@ -23,6 +23,8 @@ def get_config(arg=None):
   c.optim.lr = 0.002
   c.optim.lr_decay_epochs = (40,)
   c.train.input_threads = 8
+  if "reinit_lambda" in c.optim:  # DRBML paper Sec.4.2 on Kinetics-Sounds: lambda 7.
+    c.optim.reinit_lambda = 7.0
   if arg.smoke:
     c.num_epochs = 3
     c.model.width = 0.125

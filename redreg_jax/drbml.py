@@ -338,8 +338,8 @@ def drbml(modalities: Sequence[str], param_labels: LabelTree, *, lam: float = 3.
     modalities: distinct modality names (any number >= 1).
     param_labels: label tree (or callable params -> label tree) naming each
       encoder's leaves by its modality.
-    lam: lambda of Eq.5, > 0 (the paper asks lambda > 1; CREMA-D 3, Kinetics-Sounds
-      and UCF-101 7, CMU-MOSI 8).
+    lam: lambda of Eq.5, >= 0 (the paper asks lambda > 1; CREMA-D 3, Kinetics-Sounds
+      and UCF-101 7, CMU-MOSI 8); 0 gives alpha = 0, a diagnosis that changes nothing.
     every: H, diagnose every H epochs, >= 1 (paper: 20; CMU-MOSI 5).
     max_reinits: cap on the number of re-initialisations (released code: 3); None:
       no cap (paper).
@@ -361,9 +361,9 @@ def drbml(modalities: Sequence[str], param_labels: LabelTree, *, lam: float = 3.
       isinstance(m, str) for m in modalities):
     raise ValueError(f"drbml: modalities must be distinct names such as ('audio', 'visual'); "
                      f'got {modalities!r}.')
-  if not isinstance(lam, numbers.Real) or isinstance(lam, bool) or not 0 < lam < float('inf'):
-    raise ValueError(f'drbml: lam must be a finite number > 0 (paper: 3 on CREMA-D, 7 on '
-                     f'Kinetics-Sounds); got {lam!r}.')
+  if not isinstance(lam, numbers.Real) or isinstance(lam, bool) or not 0 <= lam < float('inf'):
+    raise ValueError(f'drbml: lam must be a finite number >= 0 (paper: 3 on CREMA-D, 7 on '
+                     f'Kinetics-Sounds; 0 diagnoses only); got {lam!r}.')
   for name, value in (('every', every), ('num_restarts', num_restarts),
                       ('max_iters', max_iters)):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:

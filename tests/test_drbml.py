@@ -76,6 +76,9 @@ def test_gap_and_strength_eq4_eq5():
   np.testing.assert_allclose(purity_gap(0.5, 0.7), 0.2, rtol=1e-6)
   np.testing.assert_allclose(reinit_strength(jnp.array([0.2, 0.0]), 3.0),
                              [math.tanh(0.6), 0.0], rtol=1e-6)
+  # lambda = 0: a diagnosis without re-initialisation.
+  np.testing.assert_array_equal(reinit_strength(jnp.array([0.2, 1.0]), 0.0), [0.0, 0.0])
+  assert drbml(MODS, labels_of, lam=0.0).lam == 0.0
 
 
 @pytest.mark.parametrize('jit', [False, True])
@@ -147,7 +150,7 @@ def test_representation_purity_with_scaling_is_jittable():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(lam=0.0), 'lam'),
+    (dict(lam=-1.0), 'lam'),
     (dict(lam=float('inf')), 'lam'),
     (dict(every=0), 'every'),
     (dict(max_reinits=0), 'max_reinits'),
