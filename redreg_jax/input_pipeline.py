@@ -130,6 +130,22 @@ def seeded_subset(num_examples: int, fraction: float, seed: int) -> np.ndarray:
   return np.sort(np.random.default_rng(seed).permutation(num_examples)[:size])
 
 
+HELD_OUT = "held_out"  # The split of training examples a method keeps out of training.
+
+
+def hold_out(dataset: Dataset, indices) -> Dataset:
+  """`dataset` with the training examples at `indices` moved to split HELD_OUT."""
+  train = dataset.sources["train"]
+  held = np.unique(np.asarray(indices, np.int64))
+  keep = np.setdiff1d(np.arange(len(train)), held)
+  if not held.size or not keep.size:
+    raise ValueError(f"hold_out: {held.size} of the {len(train)} training examples held "
+                     "out; both the held-out and the training part must be non-empty.")
+  sources = {**dataset.sources, "train": SubsetSource(train, keep),
+             HELD_OUT: SubsetSource(train, held)}
+  return dataclasses.replace(dataset, sources=sources)
+
+
 def partial_batch_size(num_examples: int, global_batch: int, granularity: int = 1) -> int:
   """Size of the kept last partial batch: the remainder, down to a multiple of `granularity`.
 

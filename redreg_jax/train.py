@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import signal
@@ -290,6 +291,15 @@ class Experiment:
     if chosen:  # Unimodal (or subset) baselines train only these encoders.
       self.info = dataclasses.replace(self.info, modalities=chosen)
     self.modalities = self.info.modalities
+    self.num_epochs = int(config.num_epochs)
+    # The method checks its config here (bad values, feature sizes), before anything runs.
+    self.method = methods_lib.build_method(
+        config.method, config.optim, modalities=self.modalities,
+        param_labels=models.modality_labels, num_epochs=self.num_epochs,
+        feature_dims=self._feature_dims)
+    held = self.method.held_out(len(self.dataset.sources["train"]), int(config.seed))
+    if held is not None:  # Kept for the method's epoch hooks, never trained on.
+      self.dataset = input_pipeline.hold_out(self.dataset, held)
     n_train = len(self.dataset.sources["train"])
     self.batch_size = int(config.batch_size)
     self.eval_batch_size = int(config.eval_batch_size)
@@ -309,13 +319,7 @@ class Experiment:
     if self.steps_per_epoch < 1:
       raise ValueError(f"config.batch_size={self.batch_size} is larger than the training "
                        f"split ({n_train} examples).")
-    self.num_epochs = int(config.num_epochs)
     self.total_steps = self.num_epochs * self.steps_per_epoch
-    # The method checks its config here (bad values, feature sizes), before anything runs.
-    self.method = methods_lib.build_method(
-        config.method, config.optim, modalities=self.modalities,
-        param_labels=models.modality_labels, num_epochs=self.num_epochs,
-        feature_dims=self._feature_dims)
     self.model = build_model(config, self.info, self.method)
     self.tx = methods_lib.build_optimizer(self.method, config.optim, self.steps_per_epoch)
     self.repl = NamedSharding(self.mesh, P())
@@ -396,12 +400,15 @@ class Experiment:
       scalars.update({k: float(v) for k, v in update.metrics.items()})
     return state, scalars
 
-  def train_batches(self, epoch: int, start_batch: int = 0):
+  def train_batches(self, epoch: int, start_batch: int = 0, num_batches: int | None = None):
+    """Epoch `epoch`'s training batches from `start_batch` on (at most `num_batches`)."""
     it = input_pipeline.train_batches(
         self.dataset.sources["train"], self.dataset.preprocess[True], self.keys,
         global_batch=self.batch_size, seed=int(self.config.seed), epoch=epoch,
         start_batch=start_batch, num_threads=int(self.config.train.input_threads),
         keep_partial=self.keep_partial, granularity=self.mesh.devices.size)
+    if num_batches is not None:  # Cut before the prefetch thread, which then ends.
+      it = itertools.islice(it, num_batches)
     return input_pipeline.prefetch_to_device(it, self.data_sharding,
                                              int(self.config.train.device_prefetch))
 

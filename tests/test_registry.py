@@ -47,7 +47,8 @@ def test_every_field_of_every_method_has_its_own_doc_line():
 
 def test_star_methods_are_the_ones_with_unimodal_heads():
   assert methods.STAR_METHODS == {"joint_star", "redreg_star", "redreg_official",
-                                  "inforeg_star", "mmpareto"}
+                                  "inforeg_star", "mmpareto", "gblending",
+                                  "gblending_offline"}
 
 
 def test_register_twice_and_unknown_name_fail():

@@ -174,6 +174,14 @@ class Method:
     del info
     return {}
 
+  def held_out(self, num_train: int, seed: int):
+    """Training-split indices never trained on, kept for the epoch hooks (or None).
+
+    Experiment moves them to the split `input_pipeline.HELD_OUT` (e.g. G-Blending's V).
+    """
+    del num_train, seed
+    return None
+
   def apply_kwargs(self, step: Step) -> dict[str, Any]:
     """Extra keyword arguments of the training forward pass (e.g. {'subsets': ...})."""
     del step
