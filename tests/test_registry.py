@@ -71,7 +71,7 @@ def test_trainer_never_names_a_method():
 # from the trainer before the registry existed (method table + flag-driven step).
 # ---------------------------------------------------------------------------------------
 
-GATE_OPEN = {"optim.warmup_epochs": 0, "optim.window": 1, "optim.threshold": -1e9,
+GATE_OPEN = {"optim.warmup_epochs": 0, "optim.window": 1, "optim.use_monitor": False,
              "optim.tau_min": -1.0, "optim.tau_max": -1.0}
 GOLDEN = {
     # Twins of the dominant modality and the correction of Eq.30 from step 2 on.

@@ -97,7 +97,7 @@ def test_unimodal_baseline_is_its_own_row(tmp_path):
   # Unimodal baselines come first: they are the reference the other rows are read against.
   assert [r["method"] for r in rows] == ["joint [visual only]", "joint"]
   md = report.to_markdown(rows)
-  assert "| joint [visual only] | 50.00 ± 0.00 | — | 50.00 ± 0.00 | 45.00 ± 0.00 | 1 | 10 |" \
+  assert "| joint [visual only] | 50.00 | — | 50.00 | 45.00 | 1 | 10 |" \
       in md.splitlines()
   csv_path = str(tmp_path / "t.csv")
   report.write_csv(rows, csv_path)
