@@ -27,8 +27,8 @@ def get_config(arg=None):
   c.num_epochs = 40
   c.optim.lr = 0.002
   c.optim.lr_decay_epochs = (20,)
-  if "end_epoch" in c.optim:
-    c.optim.end_epoch = 20
+  if c.optim.get("end_epoch") is not None:  # Modulation ends half-way (OGM, pmr_official);
+    c.optim.end_epoch = 20                 # None (the paper's PMR) runs to the end.
   if "kernel_filter" in c.optim:  # OGM: Transformers have no conv kernels to modulate.
     c.optim.kernel_filter = "all_kernels"
   if "reinit_lambda" in c.optim:  # DRBML paper Sec.4.2 on CMU-MOSI: lambda 8, H = 5.

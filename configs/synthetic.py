@@ -40,6 +40,8 @@ def get_config(arg=None):
       c.optim.warmup_epochs = 1             # (a preset's shorter warm-up is kept).
     if "reinit_every" in c.optim:  # DRBML's H = 20 > 3 epochs: diagnose after each one.
       c.optim.reinit_every = 1
+    if c.optim.get("reg_epochs", 0) > 1:  # PMR's entropy term in epoch 0 only (E_r
+      c.optim.reg_epochs = 1              # is "the first few" of many epochs).
   if arg.tiny:  # For tests: the real code paths at toy sizes (a 4-channel ResNet-18).
     c.data.update(num_train=64, num_validation=32, num_test=32, audio_freq=16, audio_time=16,
                   frames=1, image_size=16, num_classes=4)

@@ -242,6 +242,7 @@ def make_train_step(model, tx, method: methods_lib.Method, *, modalities, steps_
     for m in modalities:
       metrics[f"accuracy_{m}"] = jnp.mean(jnp.argmax(branch_logits[m], -1) == labels)
     metrics.update(method.step_metrics(step))
+    metrics.update(method.output_metrics(out, step))
     diag = optax.tree_utils.tree_get(opt_state, "diagnostics", default=None)
     if diag:
       metrics.update(diag)

@@ -219,6 +219,11 @@ class Method:
     del step
     return {}
 
+  def output_metrics(self, out, step: Step) -> dict[str, jax.Array]:
+    """Extra per-step scalars read off the training forward pass's output dict `out`."""
+    del out, step
+    return {}
+
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
