@@ -258,6 +258,9 @@ class MethodSpec:
   defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   docs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # One line per field.
   unimodal_heads: bool = False  # A "*" method: trains one unimodal head per modality.
+  # The config.model.fusion the method's model needs (None: any). config_lib.base_config
+  # sets it, and build_method refuses another (e.g. Greedy's 'greedy_bypass').
+  fusion: str | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "defaults", types.MappingProxyType(dict(self.defaults)))
