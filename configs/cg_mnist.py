@@ -42,7 +42,7 @@ def get_config(arg=None):
       name="cg_mnist", data_dir="~/tensorflow_datasets", color_var=0.03,
       test_color_correlation=0.1, validation_fraction=0.1, color_seed=0, train_subsample=0,
       validation_subsample=0))
-  c.model.fusion = "concat"
+  # concat (base_config), as the papers; Greedy's own intermediate fusion for greedy.
   c.model.width = 1.0
   c.model.encoders = ml_collections.ConfigDict({
       m: {"kind": "conv4", "dim": 512} for m in ("gray", "color")})

@@ -40,7 +40,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.eval_batch_size = 128
   c.num_epochs = 80
   c.optim = methods.method_config(method)
-  c.model = ml_collections.ConfigDict(dict(fusion="concat", width=1.0, dtype="float32",
+  # concat, unless the method trains its own model (MethodSpec.fusion: Greedy's).
+  fusion = methods.get_spec(method).fusion or "concat"
+  c.model = ml_collections.ConfigDict(dict(fusion=fusion, width=1.0, dtype="float32",
                                            encoders={}))
   c.train = ml_collections.ConfigDict(dict(
       log_every_steps=1, progress_every=50, checkpoint_every_steps=500, keep_checkpoints=3,

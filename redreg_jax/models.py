@@ -4,6 +4,11 @@ Parameter layout (what label functions and transforms rely on):
   params['encoder_<modality>']   one encoder per modality
   params['fusion']               the fused classifier (a linear head inside the fusion)
   params['head_<modality>']      optional unimodal heads Linear(d_m, K) (the "*" variants)
+  Intermediate fusion ('greedy_bypass', Greedy's model), inside params['fusion']:
+  params['fusion']['branch_<m>'] branch m's own head (labelled m, like its encoder)
+  params['fusion']['bypass_<m>'] the excitation carrying the other modality into branch m
+                                 (labelled 'bypass/<m>')
+  params['fusion']['bypass']     the joint squeeze both excitations read ('bypass', shared)
 
 Subset logits (modality Shapley values, `metrics.modality_contributions`): for a subset S
 of the modalities, the fused head applied with the pooled features z_m of every m not in
@@ -16,8 +21,12 @@ per fusion:
           so c still acts there through beta.
   gated   gate = sigmoid(G z_c + g_b) times value(concat of the others); zeroing c leaves
           sigmoid(g_b), zeroing every other modality leaves gate * value bias.
+  greedy_bypass  the mean of the two branch heads on the zeroed features: a zeroed z_m
+          still enters the joint squeeze as zeros (the other branch's excitation keeps
+          the squeeze bias), and branch m predicts head_m(0) = its bias.
 Singleton subsets are the branch logits of docs/methods.md §Setting (with branch_bias='full' and no
-unimodal heads); the full subset is the fused logits.
+unimodal heads; not for greedy_bypass, whose branch logits are its branches' own
+predictions); the full subset is the fused logits.
 """
 
 from __future__ import annotations
@@ -289,7 +298,77 @@ class GatedFusion(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="head")(gate * value)
 
 
-FUSIONS = {"concat": ConcatFusion, "sum": SumFusion, "film": FiLMFusion, "gated": GatedFusion}
+class BypassFusion(nn.Module):
+  """Greedy's intermediate fusion: two branches coupled by an MMTM excitation (§Greedy).
+
+  Branch m predicts y_m = head_m(z_m * e_m) with the excitation
+
+    e_m = sigmoid(W_m relu(W_s [z_0, z_1] + b_s) + b_m),
+
+  MMTM's squeeze (W_s, shared) and excitation (W_m) on the pooled features, which is the
+  released Greedy model's last MMTM (after ResNet layer 4, where a per-channel scale
+  commutes with the average pool). e_m is how the other modality reaches branch m: its
+  parameters are branch m's "bypass". The fused logits are (y_0 + y_1) / 2.
+
+  Re-balancing (`cut` = i): branch i's excitation is replaced by the running mean of
+  e_i over the training forward passes before this one (batch_stats
+  'excitation_mean_<m>'), a constant, so y_i depends on z_i alone and no gradient
+  reaches W_i. Training forward passes (`update_mean`) fold the batch mean of the
+  computed e_m into that mean, whether or not it was cut.
+  """
+  num_classes: int
+  modalities: Sequence[str]
+  kernel_init: Any = dense_init
+  ratio: int = 4  # Squeeze width int(2 (D_0 + D_1) / ratio), the released MMTM's (ratio 4).
+
+  branched = True  # The classifier reads the branches' own predictions (not a zeroed head).
+
+  @nn.compact
+  def __call__(self, feats, *, branches: bool = False, cut=None, update_mean: bool = False):
+    """Fused logits [B, K]; with `branches`, {m: y_m [B, K]}.
+
+    Args:
+      feats: {m: z_m [B, D_m]} for the two modalities.
+      branches: return each branch's logits instead of their mean.
+      cut: [] int32 or None: the branch (index in `modalities`) whose excitation is its
+        running mean this pass; -1 or None: none.
+      update_mean: fold this batch's mean excitations into the running means (training
+        forward passes only; never on init).
+    """
+    if len(self.modalities) != 2:
+      raise ValueError(f"The greedy_bypass fusion joins exactly two modalities (Greedy's two "
+                       f"branches); got {len(self.modalities)} ({', '.join(self.modalities)}). "
+                       "Set config.modalities to two of them, or another config.model.fusion.")
+    z = [feats[m].astype(jnp.float32) for m in self.modalities]
+    hidden = max(1, int(2 * (z[0].shape[-1] + z[1].shape[-1]) / self.ratio))
+    squeeze_BxH = nn.relu(nn.Dense(hidden, kernel_init=self.kernel_init, name="bypass")(
+        jnp.concatenate(z, axis=-1)))
+    count = self.variable("batch_stats", "excitation_count", jnp.zeros, (), jnp.float32)
+    update = update_mean and self.is_mutable_collection("batch_stats") and \
+        not self.is_initializing()
+    out = {}
+    for i, (m, z_BxD) in enumerate(zip(self.modalities, z)):
+      e_BxD = nn.sigmoid(nn.Dense(z_BxD.shape[-1], kernel_init=self.kernel_init,
+                                  name=f"bypass_{m}")(squeeze_BxH))
+      mean = self.variable("batch_stats", f"excitation_mean_{m}", jnp.zeros,
+                           (z_BxD.shape[-1],), jnp.float32)
+      used_BxD = e_BxD
+      if cut is not None:
+        used_BxD = jnp.where(jnp.asarray(cut) == i, mean.value[None, :], e_BxD)
+      if update:  # Cumulative mean over the training passes (the released running average).
+        batch_mean = jax.lax.stop_gradient(jnp.mean(e_BxD, axis=0))
+        mean.value = mean.value + (batch_mean - mean.value) / (count.value + 1.0)
+      out[m] = nn.Dense(self.num_classes, kernel_init=self.kernel_init, name=f"branch_{m}")(
+          z_BxD * used_BxD)
+    if update:
+      count.value = count.value + 1.0
+    if branches:
+      return out
+    return (out[self.modalities[0]] + out[self.modalities[1]]) / 2
+
+
+FUSIONS = {"concat": ConcatFusion, "sum": SumFusion, "film": FiLMFusion, "gated": GatedFusion,
+           "greedy_bypass": BypassFusion}
 
 
 class MultimodalClassifier(nn.Module):
@@ -301,6 +380,8 @@ class MultimodalClassifier(nn.Module):
     features       {m: [B, D_m]} pooled encoder features
     unimodal_logits {m: [B, K]} (only with unimodal heads)
     subset_logits  {subset: [B, K]} (only when called with `subsets`; see the module doc)
+  A branched fusion (`greedy_bypass`) gives its branches' own predictions as branch
+  logits and their mean as the fused logits.
   """
   modalities: Sequence[str]
   num_classes: int
@@ -322,8 +403,12 @@ class MultimodalClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Mapping[str, jax.Array], train: bool,
-               subsets: Sequence[Sequence[str]] | None = None):
-    """Forward pass; `subsets` (e.g. `all_subsets(modalities)`) adds 'subset_logits'."""
+               subsets: Sequence[Sequence[str]] | None = None,
+               fusion_kwargs: Mapping[str, Any] | None = None):
+    """Forward pass; `subsets` (e.g. `all_subsets(modalities)`) adds 'subset_logits'.
+
+    `fusion_kwargs`: extra arguments of a branched fusion's main pass (Greedy's `cut`).
+    """
     if self.fusion not in FUSIONS:
       raise ValueError(f"Unknown fusion {self.fusion!r}; valid: {sorted(FUSIONS)}")
     feats = {}
@@ -334,13 +419,23 @@ class MultimodalClassifier(nn.Module):
     head_init = LINEAR_INITS[self.linear_init]
     fusion = FUSIONS[self.fusion](self.num_classes, tuple(self.modalities), head_init,
                                   name="fusion")
-    logits = fusion(feats)
+    branched = getattr(fusion, "branched", False)
+    if branched:  # Intermediate fusion: the branches' predictions and their mean.
+      branches = fusion(feats, branches=True, update_mean=train, **dict(fusion_kwargs or {}))
+      logits = sum(branches[m] for m in self.modalities) / len(self.modalities)
+    else:
+      if fusion_kwargs:
+        raise ValueError(f"The {self.fusion!r} fusion takes no fusion_kwargs (got "
+                         f"{sorted(fusion_kwargs)}); only a branched fusion (greedy_bypass) does.")
+      logits = fusion(feats)
     out = {"logits": logits, "features": feats}
     if self.unimodal_heads:
       out["unimodal_logits"] = {
           m: nn.Dense(self.num_classes, kernel_init=head_init, name=f"head_{m}")(feats[m])
           for m in self.modalities}
       out["branch_logits"] = dict(out["unimodal_logits"])
+    elif branched:
+      out["branch_logits"] = branches
     else:
       out["branch_logits"] = self._branch_logits(fusion, feats)
     if subsets is not None:
@@ -399,8 +494,26 @@ def subset_logits(model: MultimodalClassifier, variables, inputs: Mapping[str, j
 
 
 def modality_labels(params) -> Any:
-  """Label tree: leaves of params['encoder_<m>'] -> m, every other leaf -> 'head'."""
+  """Label tree: leaves of params['encoder_<m>'] -> m, every other leaf -> 'head'.
+
+  Inside params['fusion'] of an intermediate fusion (the module doc's layout):
+  'branch_<m>' -> m (the branch's own head), 'bypass_<m>' -> 'bypass/<m>',
+  'bypass' -> 'bypass' (greedy.BYPASS_PREFIX, greedy.SHARED_BYPASS). The other
+  fusions have no such names, so their heads stay 'head'.
+  """
+  key = lambda k: getattr(k, "key", str(k))
+
   def label(path, _):
-    top = getattr(path[0], "key", str(path[0]))
-    return top[len("encoder_"):] if top.startswith("encoder_") else "head"
+    top = key(path[0])
+    if top.startswith("encoder_"):
+      return top[len("encoder_"):]
+    if top == "fusion" and len(path) > 2:
+      sub = key(path[1])
+      if sub == "bypass":
+        return "bypass"
+      if sub.startswith("bypass_"):
+        return "bypass/" + sub[len("bypass_"):]
+      if sub.startswith("branch_"):
+        return sub[len("branch_"):]
+    return "head"
   return jax.tree_util.tree_map_with_path(label, params)

@@ -273,6 +273,9 @@ class MethodSpec:
   unimodal_heads: bool = False  # A "*" method: trains one unimodal head per modality.
   # config.optim field -> config_checks.Range: checked before anything is built.
   ranges: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # The config.model.fusion the method's model needs (None: any). config_lib.base_config
+  # sets it, and build_method refuses another (e.g. Greedy's 'greedy_bypass').
+  fusion: str | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "defaults", types.MappingProxyType(dict(self.defaults)))
