@@ -24,9 +24,7 @@ import time
 import jax
 import numpy as np
 
-DEFAULT_METHODS = ("joint", "joint_star", "redreg", "redreg_star", "redreg_no_monitor",
-                   "redreg_no_gate", "redreg_official", "inforeg", "inforeg_star", "ogm",
-                   "ogm_ge", "mmpareto")
+HOOK_EPOCH = 1  # Epoch hooks are timed at this epoch (every method's hook is due there).
 
 # Input shapes: the papers' CREMA-D setting (docs/reproducing.md §Data: 257x188 spectrogram, 3 frames of
 # 224x224) and AV-digits (129x126 spectrogram, one 32x32 image), on synthetic data.
@@ -50,8 +48,11 @@ def _config(method: str, args):
   if args.width:
     c.model.width = args.width
   c.model.dtype = args.dtype
-  # Regulation active from the first step, so the timed steps take its full path.
-  for k, v in (("warmup_epochs", 0), ("window", 2), ("start_epoch", 0)):
+  # Regulation active from the first step, so the timed steps take its full path, and
+  # every epoch hook due at HOOK_EPOCH (DRBML diagnoses, G-Blending re-estimates with
+  # one-epoch copies, PMR recomputes prototypes every epoch anyway).
+  for k, v in (("warmup_epochs", 0), ("window", 2), ("start_epoch", 0), ("reinit_every", 1),
+               ("super_epoch", 1), ("first_super_epoch", 1)):
     if k in c.optim:
       c.optim[k] = v
   return c
@@ -90,6 +91,21 @@ class _Timed:
       self.times += times
       self.rounds.append(float(np.median(times)))
 
+  def time_hooks(self) -> float | None:
+    """Seconds of one call of the method's epoch hooks at HOOK_EPOCH (None: it has none).
+
+    Called twice: the first call compiles what the hook runs (inference passes,
+    k-means), the second is timed. The hooks' new state is discarded.
+    """
+    if not self.exp.method.epoch_hooks:
+      return None
+    run = lambda: [self.exp.run_epoch_hooks(at, HOOK_EPOCH, self.state)[0]
+                   for at in ("start", "end")]
+    jax.block_until_ready(run())
+    t0 = time.perf_counter()
+    jax.block_until_ready(run())
+    return time.perf_counter() - t0
+
   def dominant_share(self) -> str:
     """e.g. 'audio 100%': which encoder the twin pass ran on during the timed steps."""
     if not self.dominant:
@@ -115,7 +131,8 @@ def time_input_pipeline(exp, num_batches: int) -> float:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+  parser.add_argument("--methods", default="all",
+                      help="comma-separated method names, or 'all' (every registered one)")
   parser.add_argument("--shapes", choices=sorted(SHAPES), default="synthetic")
   parser.add_argument("--batch_size", type=int, default=0, help="0: the config's (64)")
   parser.add_argument("--width", type=float, default=0.0, help="0: the config's")
@@ -124,7 +141,9 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
   args = parser.parse_args(argv)
-  methods = [m for m in args.methods.split(",") if m]
+  from redreg_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  methods = methods_lib.list_methods() if args.methods == "all" else [
+      m for m in args.methods.split(",") if m]
   if "joint" not in methods:
     methods.insert(0, "joint")
 
@@ -139,6 +158,7 @@ def main(argv=None):
   for _ in range(args.rounds):
     for t in timed.values():
       t.run(max(1, args.steps // args.rounds))
+  hook_s = {m: t.time_hooks() for m, t in timed.items()}
   exp = timed["joint"].exp
   pipeline_sps = time_input_pipeline(exp, args.steps)
   joint_rounds = np.asarray(timed["joint"].rounds)
@@ -151,22 +171,29 @@ def main(argv=None):
                   "samples_per_s": exp.batch_size / float(np.median(t.times)),
                   "round_ratios": (float(per_round.min()), float(per_round.max())),
                   "gate_open": float(np.mean(t.gate)) if t.gate else None,
-                  "dominant": t.dominant_share()}
+                  "dominant": t.dominant_share(), "hook_s": hook_s[m]}
   joint = results["joint"]["median_s"]
+  epoch_s = joint * exp.steps_per_epoch  # One epoch of joint steps, for the hook column.
   for r in results.values():
     r["ratio_to_joint"] = r["median_s"] / joint
+    r["hook_epochs"] = None if r["hook_s"] is None else r["hook_s"] / epoch_s
 
   print(f"\nshapes={args.shapes} batch={exp.batch_size} width={exp.config.model.width} "
         f"dtype={args.dtype} devices={jax.device_count()} ({jax.devices()[0].platform}) "
         f"steps={args.steps} rounds={args.rounds}")
   print(f"{'method':<20}{'median ms/step':>16}{'x joint':>10}{'rounds x':>13}{'samples/s':>12}"
-        f"{'compile s':>11}{'gate open':>11}  twins ran on (RedReg)")
+        f"{'compile s':>11}{'gate open':>11}{'hook s':>9}{'hook/epoch':>12}"
+        "  twins ran on (RedReg)")
   for m, r in results.items():
     lo, hi = r["round_ratios"]
     gate = f"{r['gate_open']:.0%}" if r["gate_open"] is not None else ""
+    hook = "" if r["hook_s"] is None else f"{r['hook_s']:.2f}"
+    hook_ep = "" if r["hook_epochs"] is None else f"{r['hook_epochs']:.2f}"
     print(f"{m:<20}{r['median_s'] * 1e3:>16.1f}{r['ratio_to_joint']:>10.2f}"
           f"{f'{lo:.2f}-{hi:.2f}':>13}{r['samples_per_s']:>12.1f}{r['compile_s']:>11.1f}"
-          f"{gate:>11}  {r['dominant']}")
+          f"{gate:>11}{hook:>9}{hook_ep:>12}  {r['dominant']}")
+  print(f"(hook s: one call of the method's epoch hooks at epoch {HOOK_EPOCH}; hook/epoch: "
+        f"that in epochs of joint steps, {exp.steps_per_epoch} steps per epoch here)")
   print(f"{'input pipeline':<20}{'':>16}{'':>10}{'':>13}{pipeline_sps:>12.1f}")
   print(json.dumps({"shapes": args.shapes, "batch_size": exp.batch_size, "dtype": args.dtype,
                     "devices": jax.device_count(), "input_pipeline_samples_per_s": pipeline_sps,
@@ -175,7 +202,10 @@ def main(argv=None):
                                     "round_ratios": [round(x, 4) for x in r["round_ratios"]],
                                     **({"gate_open": round(r["gate_open"], 4)}
                                        if r["gate_open"] is not None else {}),
-                                    **({"dominant": r["dominant"]} if r["dominant"] else {})}
+                                    **({"dominant": r["dominant"]} if r["dominant"] else {}),
+                                    **({"hook_s": round(r["hook_s"], 4),
+                                        "hook_epochs": round(r["hook_epochs"], 4)}
+                                       if r["hook_s"] is not None else {})}
                                 for m, r in results.items()}}))
 
 

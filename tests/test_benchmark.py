@@ -22,3 +22,11 @@ def test_benchmark_prints_table_and_json(capsys):
   assert 0 < lo <= hi
   assert result["methods"]["joint"]["round_ratios"] == [1.0, 1.0]
   assert any(line.startswith("redreg ") for line in lines)
+
+
+def test_benchmark_times_epoch_hooks(capsys):
+  benchmark.main(["--methods=pmr", "--width=0.0625", "--batch_size=8", "--steps=2",
+                  "--warmup=1", "--rounds=1"])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["methods"]["pmr"]["hook_s"] > 0 and result["methods"]["pmr"]["hook_epochs"] > 0
+  assert "hook_s" not in result["methods"]["joint"]  # joint has no epoch hook.

@@ -172,3 +172,14 @@ def test_every_bad_value_is_one_line():
   assert config_checks.problems(tiny_config("redreg")) == []
   assert config_checks.Range(0, 1, integer=True).problem(0.5) is not None
   assert config_checks.Range(0, None, low_open=True).problem(float("nan")) is not None
+
+
+def test_launch_fills_a_persistent_compilation_cache(tmp_path):
+  cache = tmp_path / "xla"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"),
+                      "--config=configs/synthetic.py:joint,smoke,tiny", f"--workdir={tmp_path / 'w'}",
+                      "--config.num_epochs=1", f"--compile_cache={cache}"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=900, env=env)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert any(cache.iterdir())  # The train step's executable is there for the next run.
