@@ -290,7 +290,7 @@ class Experiment:
     self.method = methods_lib.build_method(
         config.method, config.optim, modalities=self.modalities,
         param_labels=models.modality_labels, num_epochs=self.num_epochs,
-        feature_dims=self._feature_dims)
+        feature_dims=self._feature_dims, model=config.model)
     self.model = build_model(config, self.info, self.method)
     self.tx = methods_lib.build_optimizer(self.method, config.optim, self.steps_per_epoch)
     self.repl = NamedSharding(self.mesh, P())

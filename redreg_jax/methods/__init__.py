@@ -66,7 +66,8 @@ def optim_docs(name: str | None = None) -> dict[str, str]:
 
 def build_method(name: str, optim: Mapping[str, Any], *, modalities, param_labels,
                  num_epochs: int,
-                 feature_dims: Callable[[], Mapping[str, int]] | None = None) -> Method:
+                 feature_dims: Callable[[], Mapping[str, int]] | None = None,
+                 model: Mapping[str, Any] | None = None) -> Method:
   """Resolves a method name and its `config.optim` into the `Method` the trainer runs.
 
   Args:
@@ -76,12 +77,13 @@ def build_method(name: str, optim: Mapping[str, Any], *, modalities, param_label
     param_labels: label tree or callable (models.modality_labels).
     num_epochs: the run's length.
     feature_dims: () -> {modality: pooled feature size}, for methods that check it.
+    model: the resolved config.model, for methods that check the fusion.
   Returns:
     The `Method`; a bad config raises ValueError naming the field.
   """
   spec = get_spec(name)
   method = spec.build(Setup(spec, optim, tuple(modalities), int(num_epochs), param_labels,
-                            feature_dims))
+                            feature_dims, model))
   if method.unimodal_heads != spec.unimodal_heads:
     raise AssertionError(f"{name}: MethodSpec.unimodal_heads={spec.unimodal_heads} but its "
                          f"loss terms {[t.name for t in method.losses]} disagree.")
