@@ -41,7 +41,7 @@ OPTIM_DEFAULTS, SHARED_DOCS = fields(
 )
 
 # The method modules, in listing order (README Methods table, docs/methods.md).
-_MODULES = ("joint", "redreg", "inforeg", "ogm", "mmpareto")
+_MODULES = ("joint", "redreg", "inforeg", "ogm", "mmpareto", "agm")
 for _module in _MODULES:
   importlib.import_module(f"{__name__}.{_module}")
 
