@@ -297,7 +297,8 @@ class Experiment:
     self.method = methods_lib.build_method(
         config.method, config.optim, modalities=self.modalities,
         param_labels=models.modality_labels, num_epochs=self.num_epochs,
-        feature_dims=self._feature_dims, fusion=config.model.fusion)
+        feature_dims=self._feature_dims, fusion=config.model.fusion,
+        model=config.model)
     held = self.method.held_out(len(self.dataset.sources["train"]), int(config.seed))
     if held is not None:  # Kept for the method's epoch hooks, never trained on.
       self.dataset = input_pipeline.hold_out(self.dataset, held)

@@ -184,8 +184,10 @@ def test_three_modalities_four_weights():
 
 def test_jit_equals_no_jit_and_unit_weights_give_the_sum_of_joint_star():
   exp, star = _exp3(), _exp3("joint_star")
-  batch = next(iter(exp.train_batches(0)))
-  eager, metrics = exp.step_fn(exp.init_state(), batch)  # Weights 1 before any estimate.
+  # Host arrays and a host state for the op-by-op step: eager ops on arrays sharded over
+  # the fake devices have aborted the interpreter now and then (XLA CPU).
+  batch = jax.device_get(next(iter(exp.train_batches(0))))
+  eager, metrics = exp.step_fn(jax.device_get(exp.init_state()), batch)  # Weights 1 before any estimate.
   jitted, jit_metrics = exp.train_step(exp.init_state(), batch)
   chex.assert_trees_all_close(jax.device_get(eager.params), jax.device_get(jitted.params),
                               rtol=1e-5, atol=1e-6)
@@ -193,7 +195,7 @@ def test_jit_equals_no_jit_and_unit_weights_give_the_sum_of_joint_star():
   terms = [float(metrics[f"loss_{h}"]) for h in gb_method.head_names(MODS3)]
   np.testing.assert_allclose(float(metrics["loss"]), sum(terms), rtol=1e-6)
   # joint_star: the same model and initialisation, CE(fused) + sum_m CE(head_m).
-  _, star_metrics = star.step_fn(star.init_state(), batch)
+  _, star_metrics = star.step_fn(jax.device_get(star.init_state()), batch)
   np.testing.assert_allclose(float(metrics["loss"]), float(star_metrics["loss"]), rtol=1e-6)
 
 

@@ -253,8 +253,8 @@ def test_step_compiles_once_across_steps_and_the_epoch_hook(exp):
 def test_jit_matches_no_jit(mlp3):
   """The train step op by op and under jit (MLP encoders: op-by-op dispatch is cheap)."""
   state, _ = mlp3.run_epoch_hooks("start", 0, mlp3.init_state())
-  batch = next(iter(mlp3.train_batches(0)))
-  eager_state, eager = mlp3.step_fn(state, batch)
+  batch = jax.device_get(next(iter(mlp3.train_batches(0))))  # Host arrays for eager ops.
+  eager_state, eager = mlp3.step_fn(jax.device_get(state), batch)
   jit_state, jitted = jax.jit(mlp3.step_fn)(state, batch)
   assert float(eager["loss_pmr"]) != 0.0  # PMR acts on this step.
   keys = ["loss", "loss_pmr", "grad_norm"] + [f"pmr_{k}_{m}" for k in (

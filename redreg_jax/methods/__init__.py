@@ -42,7 +42,7 @@ OPTIM_DEFAULTS, SHARED_DOCS = fields(
 
 # The method modules, in listing order (README Methods table, docs/methods.md).
 _MODULES = ("joint", "redreg", "inforeg", "ogm", "mmpareto", "drbml", "gblending", "pmr",
-            "greedy")
+            "greedy", "agm")
 for _module in _MODULES:
   importlib.import_module(f"{__name__}.{_module}")
 
@@ -68,7 +68,8 @@ def optim_docs(name: str | None = None) -> dict[str, str]:
 def build_method(name: str, optim: Mapping[str, Any], *, modalities, param_labels,
                  num_epochs: int,
                  feature_dims: Callable[[], Mapping[str, int]] | None = None,
-                 fusion: str | None = None) -> Method:
+                 fusion: str | None = None,
+                 model: Mapping[str, Any] | None = None) -> Method:
   """Resolves a method name and its `config.optim` into the `Method` the trainer runs.
 
   Args:
@@ -79,16 +80,19 @@ def build_method(name: str, optim: Mapping[str, Any], *, modalities, param_label
     num_epochs: the run's length.
     feature_dims: () -> {modality: pooled feature size}, for methods that check it.
     fusion: the run's config.model.fusion, checked against `MethodSpec.fusion`.
+    model: the resolved config.model, for methods that check the fusion.
   Returns:
     The `Method`; a bad config raises ValueError naming the field.
   """
   spec = get_spec(name)
+  if fusion is None and model is not None:
+    fusion = model.get("fusion")
   if spec.fusion is not None and fusion is not None and fusion != spec.fusion:
     raise ValueError(f"{name} trains its own model, config.model.fusion={spec.fusion!r} "
                      f"(docs/methods.md); got {fusion!r}. Set "
                      f"--config.model.fusion={spec.fusion} (configs/*.py:{name} sets it).")
   method = spec.build(Setup(spec, optim, tuple(modalities), int(num_epochs), param_labels,
-                            feature_dims))
+                            feature_dims, model))
   if method.unimodal_heads != spec.unimodal_heads:
     raise AssertionError(f"{name}: MethodSpec.unimodal_heads={spec.unimodal_heads} but its "
                          f"loss terms {[t.name for t in method.losses]} disagree.")

@@ -236,6 +236,8 @@ class Setup:
   param_labels: LabelTree  # models.modality_labels: encoder leaves -> their modality.
   # () -> {modality: pooled feature size}; computed on demand (abstract shapes only).
   feature_dims: Callable[[], Mapping[str, int]] | None = None
+  # The resolved config.model (fusion, encoders, ...), or None when the caller has none.
+  model: Mapping[str, Any] | None = None
 
   @property
   def name(self) -> str:
