@@ -1,5 +1,9 @@
 """Tiny configs for tests: the real code paths at toy sizes."""
 
+import os
+import subprocess
+import sys
+
 import ml_collections
 
 from configs import synthetic as synthetic_config
@@ -15,3 +19,13 @@ def tiny_config(method: str = "joint", **overrides) -> ml_collections.ConfigDict
       node = node[p]
     node[last] = v
   return c
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(spec, workdir, *extra, timeout=900):
+  """`python launch.py --config=SPEC --workdir=WORKDIR EXTRA...` from the project root."""
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={spec}",
+                         f"--workdir={workdir}", *extra], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)

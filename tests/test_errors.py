@@ -10,15 +10,12 @@ import numpy as np
 
 from redreg_jax import checkpoint as ckpt_lib
 from redreg_jax import train
-from tests.helpers import tiny_config
+from tests.helpers import launch, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(spec, workdir, *extra):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={spec}",
-                         f"--workdir={workdir}", *extra], cwd=ROOT, capture_output=True,
-                        text=True, timeout=900)
+_launch = launch
 
 
 def test_nonfinite_loss_stops_with_named_step_and_keeps_last_good_checkpoint(tmp_path):

@@ -14,15 +14,12 @@ import pytest
 from redreg_jax import checkpoint as ckpt_lib
 from redreg_jax import config_checks
 from redreg_jax import train
-from tests.helpers import tiny_config
+from tests.helpers import launch, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _launch(spec, workdir, *extra):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), f"--config={spec}",
-                         f"--workdir={workdir}", *extra], cwd=ROOT, capture_output=True,
-                        text=True, timeout=900)
+_launch = launch
 
 
 def _error_lines(stderr):
