@@ -637,7 +637,7 @@ def _load_probe(workdir: str, step: int, like, sharding):
   path = _probe_path(workdir, step)
   if not os.path.exists(path):
     return None
-  with np.load(path) as data:
+  with np.load(path, allow_pickle=False) as data:
     leaves = [data[jax.tree_util.keystr(k)] for k, _ in jax.tree_util.tree_leaves_with_path(like)]
   return jax.device_put(jax.tree.unflatten(jax.tree.structure(like), leaves), sharding)
 

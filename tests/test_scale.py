@@ -11,7 +11,7 @@ from tests.helpers import tiny_config
 # Regulation active from the first epochs so every observation path is exercised.
 ACTIVE = {
     "joint": {},
-    "redreg": {"optim.warmup_epochs": 0, "optim.window": 1, "optim.threshold": -1e9,
+    "redreg": {"optim.warmup_epochs": 0, "optim.window": 1, "optim.use_monitor": False,
                "optim.tau_min": -1.0, "optim.tau_max": -1.0},
     "inforeg": {"optim.warmup_epochs": 0, "optim.threshold_k": -1e9},
 }

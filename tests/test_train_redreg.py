@@ -13,7 +13,7 @@ from tests.helpers import tiny_config
 @pytest.fixture(scope="module")
 def exps():
   # Gate open from the first step so the correction path is exercised.
-  over = {"optim.warmup_epochs": 0, "optim.window": 1, "optim.threshold": -1e9,
+  over = {"optim.warmup_epochs": 0, "optim.window": 1, "optim.use_monitor": False,
           "optim.tau_min": -1.0, "optim.tau_max": -1.0}
   return train.Experiment(tiny_config("redreg", **over)), train.Experiment(tiny_config("joint"))
 

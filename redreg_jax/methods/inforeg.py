@@ -68,8 +68,9 @@ def build(setup: Setup) -> Method:
   return Method(setup.name, losses=losses, transform=transform, branch_bias="split")
 
 
-RANGES = dict(beta=cc.NON_NEGATIVE, threshold_k=cc.NON_NEGATIVE, moving_average=cc.COUNT,
-              warmup_epochs=cc.INDEX, alpha_scales=cc.NON_NEGATIVE)
+# threshold_k has no range: K compares a relative growth, which can be negative.
+RANGES = dict(beta=cc.NON_NEGATIVE, moving_average=cc.COUNT, warmup_epochs=cc.INDEX,
+              alpha_scales=cc.NON_NEGATIVE)
 
 register(MethodSpec("inforeg", "prime-learning-window pull toward epoch-start weights", build,
                     defaults=DEFAULTS, docs=DOCS, ranges=RANGES))
