@@ -197,12 +197,9 @@ class Cremad(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return clip.wav, str(e)
     if clip.video is not None:
       try:
-        import av  # pylint: disable=g-import-not-at-top
-        with av.open(clip.video) as c:
-          if not c.streams.video:
-            return clip.video, 'no video stream'
-      except Exception as e:  # av.error.*
-        return clip.video, f'cannot open video: {e}'
+        media.check_video_complete(clip.video)  # Names a truncated copy in this pass.
+      except media.MediaError as e:
+        return clip.video, str(e)
     else:
       names = media.list_images(clip.frames_dir)
       if not names:
@@ -250,6 +247,9 @@ class Cremad(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return clip, None, (clip.video or clip.frames_dir, 'no frames')
     example = {'audio': spec, 'frames': frames, 'label': clip.label,
                'actor': clip.actor, 'clip_id': clip.name}
+    reason = prep.nonfinite_reason(example)
+    if reason:
+      return clip, None, (clip.wav, reason)
     return clip, example, None
 
   def _generate_examples(self, clips):

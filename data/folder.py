@@ -184,6 +184,9 @@ def _open_shard(path: str, manifest: dict, manifest_path: str) -> dict[str, np.n
   if label.ndim != 1 or not np.issubdtype(label.dtype, np.integer):
     raise FolderFormatError(f'{path}: "label" must be integer [N], got {label.dtype} '
                             f'{label.shape}.')
+  if label.shape[0] == 0:
+    raise FolderFormatError(f'{path} has 0 rows; remove it from "splits" in '
+                            f'{manifest_path} or write examples into it.')
   k = manifest['num_classes']
   bad = np.flatnonzero((label < 0) | (label >= k))
   if bad.size:
@@ -224,9 +227,35 @@ class FolderSource:
     mpath = os.path.join(folder, MANIFEST)
     self._modalities = tuple(manifest['modalities'])
     # read_manifest has confined every shard entry to the folder.
-    self._shards = [_open_shard(os.path.join(folder, s), manifest, mpath)
-                    for s in manifest['splits'][split]]
+    self._paths = [os.path.join(folder, s) for s in manifest['splits'][split]]
+    self._shards = [_open_shard(p, manifest, mpath) for p in self._paths]
     self._ends = np.cumsum([len(s['label']) for s in self._shards])
+    self._check_finite(mpath)
+
+  def _check_finite(self, manifest_path: str, rows: int = 4096) -> None:
+    """Refuses NaN/inf in any floating-point modality, naming split and example index.
+
+    A non-finite input would otherwise surface as a NaN loss many steps later (or,
+    for an inf that saturates a softmax, as a silent constant prediction). Shards are
+    scanned in chunks of `rows` examples, so memory stays flat on large shards.
+    """
+    start = 0
+    for shard, path in zip(self._shards, self._paths):
+      n = len(shard['label'])
+      for m in self._modalities:
+        arr = shard[m]
+        if not np.issubdtype(arr.dtype, np.inexact):
+          continue
+        for lo in range(0, n, rows):
+          block = np.asarray(arr[lo:lo + rows]).reshape(min(rows, n - lo), -1)
+          bad = np.flatnonzero(~np.all(np.isfinite(block), axis=1))
+          if bad.size:
+            row = lo + int(bad[0])
+            raise FolderFormatError(
+                f'{self._split!r} example {start + row} ({path} row {row}) has a '
+                f'non-finite value (NaN or inf) in {m!r}; fix or drop that example '
+                f'(split {self._split!r} of {manifest_path}).')
+      start += n
 
   def __len__(self) -> int:
     return int(self._ends[-1])

@@ -194,10 +194,11 @@ class KineticsSounds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       try:
         import av  # pylint: disable=g-import-not-at-top
         with av.open(clip.video) as c:
-          if not c.streams.video:
-            return clip.video, 'no video stream'
           if not c.streams.audio:
             return clip.video, 'no audio stream'
+        media.check_video_complete(clip.video)  # Names a truncated copy in this pass.
+      except media.MediaError as e:
+        return clip.video, str(e)
       except Exception as e:  # av.error.*
         return clip.video, f'cannot open video: {e}'
       return None
@@ -257,6 +258,9 @@ class KineticsSounds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return clip, None, (clip.video or clip.frames_dir, str(e))
     example = {'audio': fbank.astype(np.float16), 'frames': frames, 'label': clip.label,
                'clip_id': clip.key}
+    reason = prep.nonfinite_reason(example)
+    if reason:
+      return clip, None, (clip.video or clip.wav, reason)
     return clip, example, None
 
   def _generate_examples(self, clips):

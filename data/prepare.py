@@ -135,6 +135,21 @@ class BadFiles:
     return path
 
 
+def nonfinite_reason(arrays: Mapping[str, Any]) -> str | None:
+  """'non-finite values (NaN or inf) in <key>' for the first float array that has any.
+
+  The builders call it on each prepared example, so a NaN in a float WAV (or one an
+  audio transform produced) stops preparation at the file that holds it, instead
+  of surfacing as a NaN loss many steps into training.
+  """
+  for key, value in arrays.items():
+    arr = np.asarray(value) if not isinstance(value, (list, tuple, str, bytes)) else None
+    if arr is not None and np.issubdtype(arr.dtype, np.inexact) and not np.all(
+        np.isfinite(arr)):
+      return f'non-finite values (NaN or inf) in its {key}'
+  return None
+
+
 def progress(iterable, total: int | None = None, desc: str = ''):
   """tqdm progress bar when available (TFDS depends on it), else plain iteration."""
   try:
@@ -333,4 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  # Run main from the imported module, not from __main__: the builders raise
+  # data.prepare.BadFileError, which a __main__.BadFileError clause would not catch.
+  from data import prepare as _prepare  # pylint: disable=g-import-not-at-top
+  sys.exit(_prepare.main())

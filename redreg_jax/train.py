@@ -284,6 +284,10 @@ class Experiment:
     self.config = config
     self.dataset = dataset or input_pipeline.get_dataset(config.data)
     self.info = self.dataset.info
+    for split, source in self.dataset.sources.items():
+      if len(source) == 0:  # Would surface as a bare StopIteration at the first batch.
+        raise ValueError(f"the {split!r} split of dataset {config.data.get('name')!r} has no "
+                         "examples; check its files (or split options) and prepare again.")
     chosen = tuple(config.get("modalities", ()) or ())
     unknown = sorted(set(chosen) - set(self.info.modalities))
     if unknown:

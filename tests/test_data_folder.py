@@ -203,3 +203,26 @@ def test_writer_rejects_bad_input(tmp_path, splits):
   _write(tmp_path / 'c', splits)
   with pytest.raises(FileExistsError, match='overwrite=True'):
     _write(tmp_path / 'c', splits)
+
+
+def test_nonfinite_input_is_refused_with_split_and_example_index(tmp_path, splits):
+  path = _write(tmp_path, splits)
+  bad = {k: v[3:6].copy() for k, v in splits['train'].items()}  # Shard 1: examples 3-5.
+  bad['audio'][1, 2, 0, 0] = np.inf
+  np.savez(os.path.join(path, 'train-00001.npz'), **bad)
+  with pytest.raises(folder.FolderFormatError) as e:
+    folder.load_split(_cfg(path), 'train')
+  msg = str(e.value)
+  assert "'train' example 4" in msg and 'train-00001.npz row 1' in msg and "'audio'" in msg
+  assert msg.count('\n') == 0
+  # Integer modalities cannot hold NaN; the other splits are unaffected.
+  assert len(folder.load_split(_cfg(path), 'test')) == 4
+
+
+def test_zero_row_shard_is_one_line(tmp_path, splits):
+  path = _write(tmp_path, splits)
+  empty = {k: v[:0] for k, v in splits['test'].items()}
+  np.savez(os.path.join(path, 'test-00001.npz'), **empty)
+  with pytest.raises(folder.FolderFormatError, match=r'test-00001.npz has 0 rows') as e:
+    folder.load_split(_cfg(path), 'test')
+  assert str(e.value).count('\n') == 0

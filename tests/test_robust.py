@@ -13,6 +13,7 @@ import pytest
 
 from redreg_jax import checkpoint as ckpt_lib
 from redreg_jax import config_checks
+from redreg_jax import input_pipeline
 from redreg_jax import train
 from tests.helpers import launch, tiny_config
 
@@ -79,6 +80,17 @@ def test_nonfinite_inputs_are_blamed_on_the_data():
   msg = train._nonfinite_message(1, host, "w", NoCheckpoint())  # pylint: disable=protected-access
   assert "non-finite inputs (audio)" in msg and "the data is bad" in msg
   assert "No checkpoint was written" in msg
+
+
+def test_empty_split_is_one_line_before_anything_is_built():
+  config = tiny_config("joint")
+  dataset = input_pipeline.get_dataset(config.data)
+  dataset.sources = {**dataset.sources,
+                     "validation": input_pipeline.SubsetSource(dataset.sources["validation"], [])}
+  with pytest.raises(ValueError, match="'validation' split of dataset 'synthetic_av' has "
+                     "no examples") as e:
+    train.Experiment(config, dataset=dataset)
+  assert str(e.value).count("\n") == 0
 
 
 def test_fresh_start_drops_stale_records(tmp_path):
