@@ -49,6 +49,8 @@ GATE_FACTORS = ("warmup", "window", "monitor", "coinfo")
 REDREG_PANELS = (("RLC (representation-logit coupling)", ("rlc_",)),
                  ("DGR (effective gain growth rate S)", ("S_",)),
                  ("RS (redundancy score)", ("red_norm_", "red_raw_")))
+# y-axis label per panel (same order).
+REDREG_YLABELS = ("RLC", "S", "redundancy score")
 
 
 class RunDirError(ValueError):
@@ -218,10 +220,13 @@ def _colors(n: int):
   return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _plot_steps(ax, run: Run, key: str, color, smooth: float, mask_key=None):
+def _plot_steps(ax, run: Run, key: str, color, smooth: float, mask_key=None) -> int:
+  """Plots one logged series; returns how many points it drew."""
   if mask_key is not None and not _has(run.train, mask_key):
     mask_key = None
   x, y = series(run.train, key, mask_key=mask_key)
+  if not x.size:
+    return 0
   # Sparse series (e.g. RLC every probe_every_steps, or a short run) get markers.
   marker = dict(marker="o", markersize=2.5) if len(x) < 60 else {}
   if smooth > 0:
@@ -229,17 +234,25 @@ def _plot_steps(ax, run: Run, key: str, color, smooth: float, mask_key=None):
     ax.plot(x, smooth_ema(y, smooth), color=color, label=run.label, linewidth=1.4, **marker)
   else:
     ax.plot(x, y, color=color, label=run.label, linewidth=1.2, **marker)
+  return int(x.size)
 
 
-def _missing_note(ax, title: str, missing: list[str], total: int) -> None:
+def _missing_note(ax, title: str, missing: list[str], total: int,
+                  never_ran: Sequence[str] = (), modality: str = "") -> None:
+  """Title with which runs lack the series; a note in an empty panel saying why."""
+  notes = [f"not logged by: {', '.join(missing)}"] if missing and len(missing) < total else []
+  if never_ran:  # RedReg's twins run for the dominant modality only (Eq.17-20).
+    notes.append(f"twins never ran for {modality} in: {', '.join(never_ran)}")
   if len(missing) == total:
     ax.set_title(f"{title}\n(not logged by any run)", fontsize=9)
     ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes,
             color="gray")
-  elif missing:
-    ax.set_title(f"{title}\n(not logged by: {', '.join(missing)})", fontsize=9)
-  else:
-    ax.set_title(title, fontsize=9)
+    return
+  ax.set_title(title + "".join(f"\n({n})" for n in notes), fontsize=9)
+  if len(missing) + len(never_ran) >= total and never_ran:
+    ax.text(0.5, 0.5, f"no score: {modality} was never the dominant\nmodality, so its "
+            "noisy twins never ran", ha="center", va="center", transform=ax.transAxes,
+            color="gray", fontsize=8)
 
 
 def _save(fig: Figure, out_dir: str, name: str) -> str:
@@ -293,7 +306,7 @@ def redreg_figure(runs: Sequence[Run], colors, out_dir: str, smooth: float) -> s
   for row, m in enumerate(mods):
     for p, (title, _) in enumerate(REDREG_PANELS):
       ax = axes[row, p]
-      missing = []
+      missing, never_ran = [], []
       for i, r in enumerate(runs):
         key = key_of.get((i, p, m))
         if key is None:
@@ -301,8 +314,10 @@ def redreg_figure(runs: Sequence[Run], colors, out_dir: str, smooth: float) -> s
           continue
         # With twins='dominant' only the dominant modality's RS is measured each step.
         mask = f"red_valid_{m}" if key.startswith("red_") else None
-        _plot_steps(ax, r, key, colors[i], smooth, mask_key=mask)
-      _missing_note(ax, f"{title}: {m}", missing, len(runs))
+        if not _plot_steps(ax, r, key, colors[i], smooth, mask_key=mask) and mask:
+          never_ran.append(r.label)
+      _missing_note(ax, f"{title}: {m}", missing, len(runs), never_ran, m)
+      ax.set_ylabel(REDREG_YLABELS[p], fontsize=8)
       _style(ax, "step")
   _legend(axes)
   return _save(fig, out_dir, "redreg_diagnostics.png")
@@ -359,6 +374,7 @@ def fisher_figure(runs: Sequence[Run], colors, out_dir: str, smooth: float) -> s
     y = y[np.isfinite(y)]
     if y.size and np.all(y > 0):
       ax.set_yscale("log")  # Traces shrink by orders of magnitude after the early phase.
+    ax.set_ylabel("Tr(F)", fontsize=8)
     _style(ax, "step")
   _legend(axes)
   return _save(fig, out_dir, "fisher_traces.png")
@@ -391,6 +407,7 @@ def gate_figure(runs: Sequence[Run], colors, out_dir: str) -> str | None:
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7, loc="best")
   for ax in axes:
+    ax.set_ylabel("fraction of steps", fontsize=8)
     _style(ax, "epoch")
   return _save(fig, out_dir, "gate_activity.png")
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -28,6 +29,14 @@ except ImportError as e:
 
 class TsneError(ValueError):
   """The workdir cannot be embedded (no config, no checkpoint, too few examples)."""
+
+
+_START = time.monotonic()
+
+
+def _say(msg: str) -> None:
+  """One progress line on stderr (stdout carries only the written path)."""
+  print(f"tsne [{time.monotonic() - _START:5.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def load_config(workdir: str):
@@ -61,6 +70,7 @@ def extract_features(workdir: str, split: str = "test", which: str = "best") -> 
   import jax  # pylint: disable=g-import-not-at-top
   from redreg_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from redreg_jax import train  # pylint: disable=g-import-not-at-top
+  _say(f"building the data and model of {workdir}")
   exp = train.Experiment(config)
   if split not in exp.dataset.sources:
     raise TsneError(f"split {split!r} not in the dataset; valid: {sorted(exp.dataset.sources)}.")
@@ -75,6 +85,8 @@ def extract_features(workdir: str, split: str = "test", which: str = "best") -> 
   if restored is None:
     raise TsneError(f"no {which} checkpoint in {workdir}/{sub}.")
   state = jax.device_put(restored[0], exp.repl)
+  _say(f"restored the {which} checkpoint (step {int(state.step)}); features of the "
+       f"{len(exp.dataset.sources[split])} {split} examples")
   res = exp.evaluate(state, split, return_features=True)
   out = res.pop("_outputs")
   return {"features": {m: np.asarray(out["features"][m], np.float32) for m in exp.modalities},
@@ -160,7 +172,8 @@ def plot_tsne(data: dict, out_path: str, max_points: int = 1000, seed: int = 0,
     color_of = lambda j: matplotlib.colormaps["turbo"](j / (k - 1))
   fig = Figure(figsize=(4.4 * len(panels), 4.6))
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
-  for ax, (panel, x, acc) in zip(axes, panels):
+  for i, (ax, (panel, x, acc)) in enumerate(zip(axes, panels)):
+    _say(f"t-SNE panel {i + 1}/{len(panels)}: {panel}, {x.shape[0]} points x {x.shape[1]}")
     xy = embed(x, seed)
     for j, c in enumerate(classes):
       sel = labels == c

@@ -52,4 +52,5 @@ def test_missing_dataset_names_folder_and_command(tmp_path):
   assert r.returncode == 1
   assert "cremad is not prepared" in r.stderr and "python -m data.prepare cremad" in r.stderr
   assert str(tmp_path / "tfds") in r.stderr
+  assert "dataset_info.json" not in r.stderr  # TFDS's own warning would only confuse.
   assert not (tmp_path / "run").exists()  # Nothing written.

@@ -24,7 +24,8 @@ def _png_ok(path):
   assert pixels.std() > 1.0  # Something was drawn.
 
 
-def _fake_run(root, method, seed, *, redreg=False, inforeg=False, rlc=True, best_epoch=1):
+def _fake_run(root, method, seed, *, redreg=False, inforeg=False, rlc=True, best_epoch=1,
+              visual_twins=True):
   """A workdir as train.py writes it, with made-up but plausible numbers."""
   d = os.path.join(root, f"{method}_s{seed}")
   os.makedirs(d)
@@ -40,7 +41,7 @@ def _fake_run(root, method, seed, *, redreg=False, inforeg=False, rlc=True, best
         if rlc and step % 2 == 0:
           rec[f"rlc_{m}"] = float(rng.uniform(0.2, 0.5))
         if redreg:
-          valid = float(m == "audio" or step < 4)
+          valid = float(m == "audio" or (visual_twins and step < 4))
           rec.update({f"p_{m}": 0.5, f"S_{m}": float(rng.normal(0, 0.05)),
                       f"red_raw_{m}": valid * float(rng.uniform(0.5, 2)),
                       f"red_norm_{m}": valid * float(rng.uniform(0.5, 2)),
@@ -103,6 +104,20 @@ def test_run_without_redreg_keys(tmp_path, capsys):
   # With RLC (logged for every method) the RedReg panels are drawn, DGR/RS noted missing.
   b = _fake_run(str(tmp_path), "joint", 1)
   assert "redreg_diagnostics.png" in [os.path.basename(p) for p in plots.make_figures([b], out)]
+
+
+def test_rs_panel_says_why_it_is_empty_and_panels_have_y_labels(tmp_path, monkeypatch):
+  run = plots.load_run(_fake_run(str(tmp_path), "redreg", 0, redreg=True, visual_twins=False))
+  figs = []
+  monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figs.append(fig) or name)
+  plots.redreg_figure([run], plots._colors(1), str(tmp_path), 0.0)  # pylint: disable=protected-access
+  axes = figs[0].axes
+  by_title = {ax.get_title().split("\n")[0]: ax for ax in axes}
+  rs_visual = by_title["RS (redundancy score): visual"]
+  assert "twins never ran for visual" in rs_visual.get_title()
+  assert any("never the dominant" in t.get_text() for t in rs_visual.texts)
+  assert not by_title["RS (redundancy score): audio"].texts  # Audio's twins ran.
+  assert [ax.get_ylabel() for ax in axes[:3]] == ["RLC", "S", "redundancy score"]
 
 
 def test_load_run_separates_final_eval_and_dedupes_resumes(tmp_path):
@@ -170,7 +185,7 @@ def test_sweep_root_expands_to_runs(tmp_path):
   assert labels == ["joint s0", "joint s1"]
 
 
-def test_tsne_from_a_saved_workdir(tmp_path):
+def test_tsne_from_a_saved_workdir(tmp_path, capsys):
   """config.json + a best checkpoint, as train.py writes them -> features -> t-SNE PNG.
 
   The checkpoint holds the initial state: compiling a train step as well would take this
@@ -197,6 +212,8 @@ def test_tsne_from_a_saved_workdir(tmp_path):
   _png_ok(out)
   with Image.open(out) as im:
     assert im.size[0] > 2 * im.size[1]  # Three panels side by side: fused, audio, visual.
+  err = capsys.readouterr().err  # Progress: one line per phase and per panel.
+  assert "restored the best checkpoint (step 0)" in err and "t-SNE panel 3/3" in err
 
   with pytest.raises(tsne.TsneError, match="holds no checkpoint"):
     tsne.extract_features(workdir, "test", "latest")

@@ -79,3 +79,12 @@ def test_module_commands_exist_and_take_their_flags(args):
   for a in args[2:]:
     if a.startswith("--config="):  # A sweep's config file exists.
       assert os.path.isfile(os.path.join(ROOT, a.split("=", 1)[1].split(":")[0])), a
+
+
+def test_set_up_python_matches_the_supported_versions():
+  """The README's `python3.X -m venv` is a Python pyproject.toml accepts, and its oldest."""
+  with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+    oldest = re.search(r'requires-python\s*=\s*">=\s*3\.(\d+)"', f.read())
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    used = set(re.findall(r"python3\.(\d+) -m venv", f.read()))
+  assert oldest and used == {oldest.group(1)}, (oldest, used)
