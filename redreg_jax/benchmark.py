@@ -4,6 +4,8 @@ r"""Step-time benchmark: every method's median train-step time, measured in one 
   python -m redreg_jax.benchmark --shapes=cremad --batch_size=8 --width=1.0
   python -m redreg_jax.benchmark --shapes=av_digits --width=0.125
   python -m redreg_jax.benchmark --methods=joint,redreg --steps=50 --dtype=bfloat16
+  python -m redreg_jax.benchmark --reference=torch --shapes=cremad --batch_size=8 --width=1.0
+      # after pip install -r requirements-bench.txt: the same joint step in PyTorch
 
 Prints a table and, as its last line, one JSON object with each method's median
 seconds and its ratio to joint. Methods are timed round-robin in `--rounds` rounds; the
@@ -32,6 +34,8 @@ SHAPES = {
     "synthetic": {},
     "cremad": dict(audio_freq=257, audio_time=188, frames=3, image_size=224),
     "av_digits": dict(audio_freq=129, audio_time=126, frames=1, image_size=32),
+    # Half the CREMA-D resolution: a 128x94 spectrogram, 3 frames of 112x112.
+    "small": dict(audio_freq=128, audio_time=94, frames=3, image_size=112),
 }
 
 
@@ -114,6 +118,79 @@ class _Timed:
                      for m in sorted(set(self.dominant)))
 
 
+def step_flops(timed: "_Timed") -> float | None:
+  """FLOPs of one compiled train step, from XLA's cost analysis (None if it gives none)."""
+  exp = timed.exp
+  try:
+    cost = exp.train_step.lower(timed.state, timed.batches[0]).compile().cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # Backends may not implement it.
+    return None
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory in MiB (ru_maxrss is KiB on Linux)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TorchReference:
+  """The PyTorch step of redreg_jax/torch_reference.py, in its own process.
+
+  Same architecture, init, loss, optimizer and shapes as the joint experiment `exp`;
+  driven step batch by step batch so rounds interleave with the JAX ones, and its
+  peak memory is its own process's.
+  """
+
+  def __init__(self, exp, warmup: int, threads: int):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      raise SystemExit("--reference=torch needs PyTorch: .venv/bin/pip install -r "
+                       "requirements-bench.txt (the CPU build of torch 2.13.0).") from None
+    shapes = exp.info.shapes
+    audio, visual = shapes["audio"], shapes["visual"]
+    frames, size = (1, visual[0]) if len(visual) == 3 else (visual[0], visual[1])
+    if len(audio) != 3 or visual[-1] != 3 or audio[-1] != 1:
+      raise SystemExit(f"--reference=torch needs [F, T, 1] audio and RGB frames, got "
+                       f"{audio} and {visual}.")
+    encoders = exp.config.model.get("encoders") or {}
+    if encoders or exp.config.model.fusion != "concat":
+      raise SystemExit("--reference=torch mirrors ResNet-18 encoders with concat fusion "
+                       "only (the default models).")
+    self.spec = {"batch": exp.batch_size, "width": float(exp.config.model.width),
+                 "num_classes": exp.info.num_classes, "audio": [audio[0], audio[1]],
+                 "visual": [frames, size], "seed": 0, "lr": float(exp.config.optim.lr),
+                 "threads": threads, "warmup": warmup}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+    self.proc = subprocess.Popen([sys.executable, script], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+    self.info = self._ask({"spec": self.spec})
+    self.times, self.rounds, self.peak_rss_mb = [], [], None
+
+  def _ask(self, msg: dict) -> dict:
+    self.proc.stdin.write(json.dumps(msg) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise SystemExit(f"the PyTorch reference process died (exit {self.proc.wait()}); "
+                       "its error is above.")
+    return json.loads(line)
+
+  def run(self, steps: int) -> None:
+    times = self._ask({"run": steps})["times"]
+    self.times += times
+    self.rounds.append(float(np.median(times)))
+
+  def stop(self) -> None:
+    self.peak_rss_mb = self._ask({"stop": True})["peak_rss_mb"]
+    self.proc.wait()
+
+
 def time_input_pipeline(exp, num_batches: int) -> float:
   """Samples per second of the host input pipeline alone (no device transfer)."""
   from redreg_jax import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -131,8 +208,15 @@ def time_input_pipeline(exp, num_batches: int) -> float:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--methods", default="all",
-                      help="comma-separated method names, or 'all' (every registered one)")
+  parser.add_argument("--methods", default=None,
+                      help="comma-separated method names, or 'all' (every registered one; "
+                           "the default, except with --reference, where it is joint)")
+  parser.add_argument("--reference", choices=("none", "torch"), default="none",
+                      help="also time the equivalent PyTorch joint step "
+                           "(redreg_jax/torch_reference.py), interleaved round by round")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="PyTorch's intra-op threads (0: the CPUs this process may use, "
+                           "as XLA's CPU backend does)")
   parser.add_argument("--shapes", choices=sorted(SHAPES), default="synthetic")
   parser.add_argument("--batch_size", type=int, default=0, help="0: the config's (64)")
   parser.add_argument("--width", type=float, default=0.0, help="0: the config's")
@@ -142,6 +226,8 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
   args = parser.parse_args(argv)
   from redreg_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  if args.methods is None:
+    args.methods = "joint" if args.reference != "none" else "all"
   methods = methods_lib.list_methods() if args.methods == "all" else [
       m for m in args.methods.split(",") if m]
   if "joint" not in methods:
@@ -155,11 +241,21 @@ def main(argv=None):
     dataset = timed[method].exp.dataset  # Same data for every method.
     timed[method].run(args.warmup, record=False)
     print(f"  compiled {method} ({timed[method].compile_s:.1f}s)", file=sys.stderr, flush=True)
+  ref = None
+  if args.reference == "torch":
+    threads = args.threads or len(os.sched_getaffinity(0))
+    ref = TorchReference(timed["joint"].exp, args.warmup, threads)
+    print(f"  PyTorch {ref.info['torch']} reference ready ({ref.info['threads']} threads, "
+          f"{ref.info['params']:,} parameters, warm-up {ref.info['warmup_s']:.1f}s)",
+          file=sys.stderr, flush=True)
   for _ in range(args.rounds):
     for t in timed.values():
       t.run(max(1, args.steps // args.rounds))
+    if ref is not None:  # The other process idles while JAX runs, and vice versa.
+      ref.run(max(1, args.steps // args.rounds))
   hook_s = {m: t.time_hooks() for m, t in timed.items()}
   exp = timed["joint"].exp
+  flops = step_flops(timed["joint"])
   pipeline_sps = time_input_pipeline(exp, args.steps)
   joint_rounds = np.asarray(timed["joint"].rounds)
   results = {}
@@ -195,8 +291,38 @@ def main(argv=None):
   print(f"(hook s: one call of the method's epoch hooks at epoch {HOOK_EPOCH}; hook/epoch: "
         f"that in epochs of joint steps, {exp.steps_per_epoch} steps per epoch here)")
   print(f"{'input pipeline':<20}{'':>16}{'':>10}{'':>13}{pipeline_sps:>12.1f}")
+  gflop = None if flops is None else flops / 1e9
+  reference = {}
+  jax_rss = peak_rss_mb()
+  if ref is not None:
+    ref.stop()
+    torch_s = float(np.median(ref.times))
+    per_round = joint_rounds / np.asarray(ref.rounds)
+    reference = {"torch_median_s": round(torch_s, 6),
+                 "jax_over_torch": round(joint / torch_s, 4),
+                 "round_ratios": [round(float(per_round.min()), 4),
+                                  round(float(per_round.max()), 4)],
+                 "torch_peak_rss_mb": round(ref.peak_rss_mb, 1),
+                 "torch_threads": ref.info["threads"], "torch": ref.info["torch"]}
+    print(f"\nPyTorch {ref.info['torch']} reference, the same joint step "
+          f"({ref.info['threads']} threads), rounds interleaved with JAX's:")
+    print(f"{'step':<20}{'median ms/step':>16}{'GFLOP/s':>10}{'peak RSS MiB':>14}")
+    for name, sec, rss in (("jax joint", joint, jax_rss), ("torch joint", torch_s,
+                                                            ref.peak_rss_mb)):
+      rate = f"{gflop / sec:.1f}" if gflop else "?"
+      print(f"{name:<20}{sec * 1e3:>16.1f}{rate:>10}{rss:>14.0f}")
+    lo, hi = reference["round_ratios"]
+    print(f"jax / torch: {joint / torch_s:.2f} (rounds {lo:.2f}-{hi:.2f}); "
+          f"{'?' if gflop is None else f'{gflop:.1f}'} GFLOP per step (XLA cost analysis); "
+          f"JAX RSS covers this whole process ({len(timed)} method(s) compiled)")
+  elif gflop:
+    print(f"joint step: {gflop:.1f} GFLOP (XLA cost analysis), "
+          f"{gflop / joint:.1f} GFLOP/s; peak RSS {jax_rss:.0f} MiB")
   print(json.dumps({"shapes": args.shapes, "batch_size": exp.batch_size, "dtype": args.dtype,
                     "devices": jax.device_count(), "input_pipeline_samples_per_s": pipeline_sps,
+                    "joint_gflop": None if gflop is None else round(gflop, 3),
+                    "peak_rss_mb": round(jax_rss, 1),
+                    **({"reference": reference} if reference else {}),
                     "methods": {m: {"median_s": round(r["median_s"], 6),
                                     "ratio_to_joint": round(r["ratio_to_joint"], 4),
                                     "round_ratios": [round(x, 4) for x in r["round_ratios"]],
