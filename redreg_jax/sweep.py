@@ -169,6 +169,9 @@ def main(argv=None):
   p.add_argument("--compile_cache", default=None,
                  help="persistent XLA compilation cache dir (default ROOT/.xla_cache; "
                       "'' disables)")
+  p.add_argument("--keep_going", action="store_true",
+                 help="run the rest after a failed run (e.g. a method that diverges on one "
+                      "seed); the failures are listed at the end and the exit code is 1")
   p.add_argument("--dry_run", action="store_true",
                  help="print the commands of the runs still to do, run nothing")
   args = p.parse_args(argv)
@@ -199,6 +202,7 @@ def main(argv=None):
             (" " + ",".join(f"{f}={v}" for f, v in pt), point_dirname(pt),
              [f"--config.{f}={v}" for f, v in pt]) for pt in grid_points(fields)]
   t0 = time.time()
+  failed = []
   for seed in [int(s) for s in args.seeds.split(",") if s]:
     # (name, method, workdir, extra config overrides) of every run at this seed.
     runs = [(method + suffix, method, os.path.join(args.root, method, part, f"seed_{seed}")
@@ -221,13 +225,22 @@ def main(argv=None):
       t = time.time()
       r = subprocess.run(cmd, cwd=ROOT, check=False, env=env)
       if r.returncode != 0:
-        print(f"[sweep] {name} seed {seed} failed (exit {r.returncode}); stopping.",
-              file=sys.stderr)
-        return r.returncode
+        if not args.keep_going:
+          print(f"[sweep] {name} seed {seed} failed (exit {r.returncode}); stopping.",
+                file=sys.stderr)
+          return r.returncode
+        failed.append(f"{name} seed {seed} (exit {r.returncode}, {workdir})")
+        print(f"[sweep] {name} seed {seed} failed (exit {r.returncode}); going on "
+              "(--keep_going).", file=sys.stderr, flush=True)
+        continue
       print(f"[sweep] {name} seed {seed}: {time.time() - t:.0f}s", flush=True)
   if args.dry_run:
     print("[sweep] dry run: nothing was run", flush=True)
     return 0
+  if failed:
+    print(f"[sweep] done in {time.time() - t0:.0f}s; {len(failed)} run(s) failed:\n  " +
+          "\n  ".join(failed), file=sys.stderr, flush=True)
+    return 1
   print(f"[sweep] all done in {time.time() - t0:.0f}s", flush=True)
   return 0
 

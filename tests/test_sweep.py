@@ -148,3 +148,22 @@ def test_grid_values_split_at_top_level_commas_and_dirnames_are_injective():
   names = {sweep.point_dirname([("f", v)]) for v in ("(4,)", "[4,]", "4", "a/b", "a b")}
   assert len(names) == 5 and not any("/" in n for n in names)
   assert sweep.point_dirname([("a.b", "1"), ("c", "film")]) == "a.b=1,c=film"
+
+
+def test_keep_going_runs_the_rest_and_lists_the_failures(tmp_path, capsys, monkeypatch):
+  calls = []
+
+  def fake_run(cmd, **kw):  # joint "diverges", redreg finishes.
+    del kw
+    calls.append(cmd)
+    return subprocess.CompletedProcess(cmd, 1 if any(":joint" in c for c in cmd) else 0)
+
+  monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+  args = ["--config=configs/synthetic.py", "--methods=joint,redreg", "--seeds=0,1",
+          f"--root={tmp_path}"]
+  assert sweep.main(args) == 1 and len(calls) == 1  # Stops at the first failure.
+  calls.clear()
+  assert sweep.main(args + ["--keep_going"]) == 1
+  assert len(calls) == 4  # Every run was tried.
+  err = capsys.readouterr().err
+  assert "2 run(s) failed" in err and "joint seed 0 (exit 1" in err and "joint seed 1" in err
