@@ -137,6 +137,15 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def torch_available() -> bool:
+  """Whether PyTorch is installed: looked up, never imported (only the reference process is)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.util.find_spec("torch") is not None
+  except ValueError:  # A module object without a spec.
+    return False
+
+
 class TorchReference:
   """The PyTorch step of redreg_jax/torch_reference.py, in its own process.
 
@@ -147,11 +156,6 @@ class TorchReference:
 
   def __init__(self, exp, warmup: int, threads: int):
     import subprocess  # pylint: disable=g-import-not-at-top
-    try:
-      import torch  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      raise SystemExit("--reference=torch needs PyTorch: .venv/bin/pip install -r "
-                       "requirements-bench.txt (the CPU build of torch 2.13.0).") from None
     shapes = exp.info.shapes
     audio, visual = shapes["audio"], shapes["visual"]
     frames, size = (1, visual[0]) if len(visual) == 3 else (visual[0], visual[1])
@@ -226,6 +230,9 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
   args = parser.parse_args(argv)
   from redreg_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  if args.reference == "torch" and not torch_available():  # Before anything compiles.
+    raise SystemExit("--reference=torch needs PyTorch: .venv/bin/pip install -r "
+                     "requirements-bench.txt (the CPU build of torch 2.13.0).")
   if args.methods is None:
     args.methods = "joint" if args.reference != "none" else "all"
   methods = methods_lib.list_methods() if args.methods == "all" else [

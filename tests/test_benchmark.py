@@ -1,6 +1,10 @@
 """The benchmark script runs end to end and ends with its JSON line (no timing asserted)."""
 
 import json
+import os
+import re
+
+import pytest
 
 from redreg_jax import benchmark
 
@@ -30,3 +34,32 @@ def test_benchmark_times_epoch_hooks(capsys):
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["methods"]["pmr"]["hook_s"] > 0 and result["methods"]["pmr"]["hook_epochs"] > 0
   assert "hook_s" not in result["methods"]["joint"]  # joint has no epoch hook.
+
+
+def test_benchmark_reports_flops_and_memory(capsys):
+  benchmark.main(["--methods=joint", "--width=0.0625", "--batch_size=8", "--steps=2",
+                  "--warmup=1", "--rounds=1"])
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result["joint_gflop"] > 0  # XLA's cost analysis of the compiled joint step.
+  assert result["peak_rss_mb"] > 0 and "reference" not in result
+
+
+def test_torch_reference_without_torch_says_how_to_install(monkeypatch):
+  monkeypatch.setattr(benchmark, "torch_available", lambda: False)  # As on CI.
+  with pytest.raises(SystemExit, match="pip install -r requirements-bench.txt"):
+    benchmark.main(["--reference=torch", "--width=0.0625", "--batch_size=8", "--steps=2",
+                    "--warmup=1", "--rounds=1"])
+
+
+def test_torch_reference_is_not_imported_by_the_library():
+  """torch_reference.py runs as its own process; nothing in the package imports it."""
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "redreg_jax")
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      if name.endswith(".py") and name != "torch_reference.py":
+        with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+          text = f.read()
+        imports = re.findall(r"^\s*(?:import torch|from torch|from redreg_jax import "
+                             r"torch_reference|import redreg_jax.torch_reference)", text, re.M)
+        assert not imports, name
