@@ -192,3 +192,27 @@ def test_launch_fills_a_persistent_compilation_cache(tmp_path):
                      capture_output=True, text=True, timeout=900, env=env)
   assert r.returncode == 0, r.stderr[-2000:]
   assert any(cache.iterdir())  # The train step's executable is there for the next run.
+
+
+def test_ctrl_c_during_the_final_evaluation_stops_resumably(tmp_path, monkeypatch, capfd):
+  """SIGINT while the best checkpoint is evaluated: the resume line, no summary, no traceback."""
+  import signal  # pylint: disable=g-import-not-at-top
+  config = tiny_config("joint", num_epochs=1)
+  real = train.Experiment.evaluate
+
+  def interrupted(self, state, split, *args, **kwargs):
+    if split == "test":  # Only the final evaluation reads the test split.
+      os.kill(os.getpid(), signal.SIGINT)
+    return real(self, state, split, *args, **kwargs)
+
+  monkeypatch.setattr(train.Experiment, "evaluate", interrupted)
+  out = train.train_and_evaluate(config, str(tmp_path))
+  assert out["stopped"] == "SIGINT"
+  assert not (tmp_path / "summary.json").exists()
+  err = capfd.readouterr().err
+  assert "Stopped by SIGINT during the final evaluation" in err and "Traceback" not in err
+  monkeypatch.setattr(train.Experiment, "evaluate", real)
+  summary = train.train_and_evaluate(config, str(tmp_path))  # The relaunch finishes it.
+  assert "test" in summary and (tmp_path / "summary.json").exists()
+  recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert sum(r["split"] == "test" for r in recs) == 1  # No duplicate final record.
