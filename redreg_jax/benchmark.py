@@ -132,7 +132,14 @@ def step_flops(timed: "_Timed") -> float | None:
 
 
 def peak_rss_mb() -> float:
-  """This process's peak resident memory in MiB (ru_maxrss is KiB on Linux)."""
+  """This process's peak resident memory in MiB (VmHWM; ru_maxrss where /proc is absent)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024  # kB
+  except OSError:
+    pass
   import resource  # pylint: disable=g-import-not-at-top
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
