@@ -327,7 +327,6 @@ def main(argv=None):
     print(f"error: no summary.json found under {args.dirs}; run the sweep first.",
           file=sys.stderr)
     return 2
-  print(f"report: {len(runs)} run(s) under {', '.join(args.dirs)}", file=sys.stderr)
   for w in duplicate_seed_warnings(runs, args.split, by):
     print(w, file=sys.stderr)
   rows = table_rows(runs, args.split, by)

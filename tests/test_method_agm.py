@@ -172,7 +172,7 @@ def test_outside_the_window_is_the_joint_update(joint_step, form):
   *_, after, metrics = _one_step(tiny_config(
       "agm", **PLAIN_SGD, **{"optim.start_epoch": 5, "optim.gradient_form": form}))
   *_, j_after, j_metrics = joint_step
-  chex.assert_trees_all_close(after.params, j_after.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(after.params, j_after.params, rtol=1e-4, atol=1e-5)  # Two programs: float32 reassociation.
   chex.assert_trees_all_close(after.batch_stats, j_after.batch_stats, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(metrics["loss"], j_metrics["loss"], rtol=1e-6)
   assert float(metrics["modulating"]) == 0.0
