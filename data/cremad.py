@@ -60,7 +60,7 @@ CLASS_NAMES = ('neutral', 'happy', 'sad', 'fear', 'disgust', 'anger')
 # The papers' random split: 744 of 7,442 clips for test (docs/reproducing.md §Data).
 PAPER_TEST_FRACTION = 744 / 7442
 STORAGE_DEFAULTS = {'fps': 3, 'frame_short_side': 0, 'jpeg_quality': 95}
-SPECTROGRAM_SHAPE = (257, 188)  # [freq bins, frames] of cremad_log_spectrogram.
+AUDIO_SHAPE = (257, 188)  # [freq bins, frames] of cremad_log_spectrogram.
 CLIP_RE = re.compile(r'^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$')
 
 
@@ -103,7 +103,7 @@ class Cremad(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         builder=self,
         description='CREMA-D with the official OGM-GE/RedReg preprocessing.',
         features=tfds.features.FeaturesDict({
-            'audio': tfds.features.Tensor(shape=SPECTROGRAM_SHAPE, dtype=np.float32),
+            'audio': tfds.features.Tensor(shape=AUDIO_SHAPE, dtype=np.float32),
             # JPEG bytes of every frame at `fps`; decoded only when sampled.
             'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
             'label': tfds.features.ClassLabel(names=EMOTIONS),
@@ -299,7 +299,7 @@ def info(data_cfg) -> dict:
   t = int(prep.cfg_get(data_cfg, 'num_frames', 3))
   s = int(prep.cfg_get(data_cfg, 'image_size', 224))
   return dict(modalities=('audio', 'visual'), num_classes=len(EMOTIONS),
-              shapes={'audio': SPECTROGRAM_SHAPE + (1,), 'visual': (t, s, s, 3)},
+              shapes={'audio': AUDIO_SHAPE + (1,), 'visual': (t, s, s, 3)},
               class_names=list(CLASS_NAMES))
 
 
