@@ -217,7 +217,7 @@ def _open_shard(path: str, manifest: dict, manifest_path: str) -> dict[str, np.n
 class FolderSource:
   """Random access over a split's shards: len() and [i] -> dict of numpy arrays."""
 
-  def __init__(self, folder: str, split: str):
+  def __init__(self, folder: str, split: str, check_finite: bool = True):
     self._folder, self._split = folder, split
     manifest = read_manifest(folder)
     if split not in manifest['splits']:
@@ -230,7 +230,8 @@ class FolderSource:
     self._paths = [os.path.join(folder, s) for s in manifest['splits'][split]]
     self._shards = [_open_shard(p, manifest, mpath) for p in self._paths]
     self._ends = np.cumsum([len(s['label']) for s in self._shards])
-    self._check_finite(mpath)
+    if check_finite:  # Once per process that opens the split, not per worker reopen.
+      self._check_finite(mpath)
 
   def _check_finite(self, manifest_path: str, rows: int = 4096) -> None:
     """Refuses NaN/inf in any floating-point modality, naming split and example index.
@@ -280,7 +281,8 @@ class FolderSource:
     return {'folder': self._folder, 'split': self._split}
 
   def __setstate__(self, state):
-    self.__init__(state['folder'], state['split'])
+    # The pickling process scanned these shards for non-finite values already.
+    self.__init__(state['folder'], state['split'], check_finite=False)
 
   def __repr__(self) -> str:
     return f'FolderSource({self._folder!r}, split={self._split!r}, n={len(self)})'

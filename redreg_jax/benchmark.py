@@ -132,7 +132,10 @@ def step_flops(timed: "_Timed") -> float | None:
 
 
 def peak_rss_mb() -> float:
-  """This process's peak resident memory in MiB (VmHWM; ru_maxrss where /proc is absent)."""
+  """This process's peak resident memory in MiB (VmHWM; ru_maxrss where /proc is absent).
+
+  torch_reference.py has its own copy: it runs standalone and imports nothing from here.
+  """
   try:
     with open("/proc/self/status", encoding="ascii") as f:
       for line in f:
