@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from redreg_jax import checkpoint as ckpt_lib
 from redreg_jax import config_checks
 from redreg_jax import diagnostics
+from redreg_jax import environment
 from redreg_jax import input_pipeline
 from redreg_jax import integrate
 from redreg_jax import logger as log_lib
@@ -716,6 +717,8 @@ def _train_and_evaluate(exp: Experiment, config, workdir: str, t_start: float) -
   logger = log_lib.MetricLogger(workdir, purge_step=int(state.step))
   log_lib.info(f"method={config.method} data={config.data.name} devices={jax.device_count()} "
                f"steps/epoch={exp.steps_per_epoch} epochs={exp.num_epochs}")
+  env = environment.describe()  # Which published row this run should match, to the digit.
+  log_lib.info(f"environment: {environment.one_line(env)}")
 
   step = start_step_of_process = int(state.step)
   progress = log_lib.Progress(exp.total_steps, step, every=int(config.train.progress_every))
@@ -856,7 +859,7 @@ def _train_and_evaluate(exp: Experiment, config, workdir: str, t_start: float) -
                  "seed": int(config.seed), "steps": step, "best_epoch": meta["best_epoch"],
                  "best_step": meta["best_step"], "compile_seconds": compile_s,
                  "wall_seconds": wall_before + time.time() - t_start,
-                 "skipped_steps": int(jax.device_get(state.skipped))}
+                 "skipped_steps": int(jax.device_get(state.skipped)), "environment": env}
       for split in ("validation", "test"):
         res = exp.evaluate(best_state, split)
         logger.write(_eval_record(step, meta["best_epoch"], split, res),
@@ -912,3 +915,5 @@ def print_summary(summary: dict, modalities) -> None:
   print(f"{'split':<12}" + "".join(f"{c:>18}" for c in cols))
   for split in ("validation", "test"):
     print(f"{split:<12}" + "".join(f"{summary[split][c]:>18.4f}" for c in cols))
+  if "environment" in summary:  # Older summaries have none.
+    print(f"ran with {environment.one_line(summary['environment'])}")

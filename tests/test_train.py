@@ -126,6 +126,9 @@ def test_launch_smoke_end_to_end(tmp_path):
   assert os.listdir(workdir / "tensorboard")
   summary = json.loads((workdir / "summary.json").read_text())
   assert summary["best_epoch"] in (0, 1) and 0 <= summary["test"]["accuracy"] <= 1
+  # What it ran on, so a reader can tell which published row it should match.
+  env = summary["environment"]
+  assert env["versions"]["jax"] == jax.__version__ and env["backend"] == "cpu"
 
 
 def test_outputs_over_a_subset_match_the_full_split(joint_exp):
