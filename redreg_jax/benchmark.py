@@ -39,10 +39,27 @@ SHAPES = {
 }
 
 
-def _config(method: str, args):
+def _variant(label: str) -> tuple[str, dict]:
+  """'redreg@twin_examples=16' -> ('redreg', {'twin_examples': 16}): a method with
+  config.optim overrides, timed as its own row."""
+  method, *sets = label.split("@")
+  overrides = {}
+  for item in sets:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--methods: {item!r} in {label!r} is not optim_field=value.")
+    try:
+      overrides[key] = json.loads(value)
+    except json.JSONDecodeError:
+      overrides[key] = value  # A bare string, e.g. twins=all.
+  return method, overrides
+
+
+def _config(label: str, args):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   sys.path.insert(0, root)
   from configs import synthetic as synthetic_config  # pylint: disable=g-import-not-at-top
+  method, overrides = _variant(label)
   c = synthetic_config.get_config(method)
   c.data.update(SHAPES[args.shapes])
   c.batch_size = args.batch_size or c.batch_size
@@ -59,6 +76,11 @@ def _config(method: str, args):
                ("super_epoch", 1), ("first_super_epoch", 1)):
     if k in c.optim:
       c.optim[k] = v
+  for k, v in overrides.items():
+    if k not in c.optim:
+      raise SystemExit(f"--methods: {method} has no optim field {k!r}; its fields: "
+                       f"{', '.join(sorted(c.optim))}.")
+    c.optim[k] = v
   return c
 
 
@@ -119,7 +141,11 @@ class _Timed:
 
 
 def step_flops(timed: "_Timed") -> float | None:
-  """FLOPs of one compiled train step, from XLA's cost analysis (None if it gives none)."""
+  """FLOPs of one compiled train step, from XLA's cost analysis (None if it gives none).
+
+  A conditional counts as its costliest branch (RedReg's twin pass on the dominant
+  modality counts as the costlier encoder's), so for such methods it is an upper bound.
+  """
   exp = timed.exp
   try:
     cost = exp.train_step.lower(timed.state, timed.batches[0]).compile().cost_analysis()
@@ -224,7 +250,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--methods", default=None,
                       help="comma-separated method names, or 'all' (every registered one; "
-                           "the default, except with --reference, where it is joint)")
+                           "the default, except with --reference, where it is joint); "
+                           "'name@field=value' times a method with a config.optim override "
+                           "as its own row, e.g. redreg@twin_examples=16")
   parser.add_argument("--reference", choices=("none", "torch"), default="none",
                       help="also time the equivalent PyTorch joint step "
                            "(redreg_jax/torch_reference.py), interleaved round by round")
@@ -238,6 +266,11 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds")
+  parser.add_argument("--flops", choices=("joint", "all"), default="joint",
+                      help="whose step FLOPs to count with XLA's cost analysis: 'all' adds "
+                           "each method's GFLOP and FLOP ratio to joint (one more compile "
+                           "per method), to read a time ratio against the arithmetic the "
+                           "method adds")
   args = parser.parse_args(argv)
   from redreg_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
   if args.reference == "torch" and not torch_available():  # Before anything compiles.
@@ -273,6 +306,8 @@ def main(argv=None):
   hook_s = {m: t.time_hooks() for m, t in timed.items()}
   exp = timed["joint"].exp
   flops = step_flops(timed["joint"])
+  method_flops = ({m: (flops if m == "joint" else step_flops(t)) for m, t in timed.items()}
+                  if args.flops == "all" else {})
   pipeline_sps = time_input_pipeline(exp, args.steps)
   joint_rounds = np.asarray(timed["joint"].rounds)
   results = {}
@@ -284,30 +319,37 @@ def main(argv=None):
                   "samples_per_s": exp.batch_size / float(np.median(t.times)),
                   "round_ratios": (float(per_round.min()), float(per_round.max())),
                   "gate_open": float(np.mean(t.gate)) if t.gate else None,
-                  "dominant": t.dominant_share(), "hook_s": hook_s[m]}
+                  "dominant": t.dominant_share(), "hook_s": hook_s[m],
+                  "gflop": (method_flops[m] / 1e9 if method_flops.get(m) else None)}
   joint = results["joint"]["median_s"]
   epoch_s = joint * exp.steps_per_epoch  # One epoch of joint steps, for the hook column.
   for r in results.values():
     r["ratio_to_joint"] = r["median_s"] / joint
     r["hook_epochs"] = None if r["hook_s"] is None else r["hook_s"] / epoch_s
+    r["flop_ratio"] = (r["gflop"] / results["joint"]["gflop"]
+                       if r["gflop"] and results["joint"]["gflop"] else None)
 
   print(f"\nshapes={args.shapes} batch={exp.batch_size} width={exp.config.model.width} "
         f"dtype={args.dtype} devices={jax.device_count()} ({jax.devices()[0].platform}) "
         f"steps={args.steps} rounds={args.rounds}")
-  print(f"{'method':<20}{'median ms/step':>16}{'x joint':>10}{'rounds x':>13}{'samples/s':>12}"
+  w = max(20, 2 + max(len(m) for m in results))  # Variant labels can be long.
+  print(f"{'method':<{w}}{'median ms/step':>16}{'x joint':>10}{'rounds x':>13}{'samples/s':>12}"
         f"{'compile s':>11}{'gate open':>11}{'hook s':>9}{'hook/epoch':>12}"
-        "  twins ran on (RedReg)")
+        + (f"{'GFLOP':>9}{'x FLOPs':>9}" if method_flops else "") + "  twins ran on (RedReg)")
   for m, r in results.items():
     lo, hi = r["round_ratios"]
     gate = f"{r['gate_open']:.0%}" if r["gate_open"] is not None else ""
     hook = "" if r["hook_s"] is None else f"{r['hook_s']:.2f}"
     hook_ep = "" if r["hook_epochs"] is None else f"{r['hook_epochs']:.2f}"
-    print(f"{m:<20}{r['median_s'] * 1e3:>16.1f}{r['ratio_to_joint']:>10.2f}"
+    fl = ""
+    if method_flops:
+      fl = (f"{r['gflop']:>9.2f}{r['flop_ratio']:>9.2f}" if r["flop_ratio"] else f"{'?':>18}")
+    print(f"{m:<{w}}{r['median_s'] * 1e3:>16.1f}{r['ratio_to_joint']:>10.2f}"
           f"{f'{lo:.2f}-{hi:.2f}':>13}{r['samples_per_s']:>12.1f}{r['compile_s']:>11.1f}"
-          f"{gate:>11}{hook:>9}{hook_ep:>12}  {r['dominant']}")
+          f"{gate:>11}{hook:>9}{hook_ep:>12}{fl}  {r['dominant']}")
   print(f"(hook s: one call of the method's epoch hooks at epoch {HOOK_EPOCH}; hook/epoch: "
         f"that in epochs of joint steps, {exp.steps_per_epoch} steps per epoch here)")
-  print(f"{'input pipeline':<20}{'':>16}{'':>10}{'':>13}{pipeline_sps:>12.1f}")
+  print(f"{'input pipeline':<{w}}{'':>16}{'':>10}{'':>13}{pipeline_sps:>12.1f}")
   gflop = None if flops is None else flops / 1e9
   reference = {}
   jax_rss = peak_rss_mb()
@@ -346,6 +388,9 @@ def main(argv=None):
                                     **({"gate_open": round(r["gate_open"], 4)}
                                        if r["gate_open"] is not None else {}),
                                     **({"dominant": r["dominant"]} if r["dominant"] else {}),
+                                    **({"gflop": round(r["gflop"], 4),
+                                        "flop_ratio": round(r["flop_ratio"], 4)}
+                                       if r["flop_ratio"] else {}),
                                     **({"hook_s": round(r["hook_s"], 4),
                                         "hook_epochs": round(r["hook_epochs"], 4)}
                                        if r["hook_s"] is not None else {})}

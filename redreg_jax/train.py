@@ -122,13 +122,24 @@ def modality_dropout(inputs, key, epoch, num_epochs, modalities):
 # ---------------------------------------------------------------------------------------
 
 def redundancy_from_twins(model, m, params, batch_stats, x, key, *, sigma: float,
-                          eps: float = 1e-12):
+                          eps: float = 1e-12, examples: int = 0):
   """Raw red_m (RedReg Eq.17-20) from two noisy copies of encoder m's input.
 
   Both copies x + n1, x + n2 (n ~ N(0, sigma^2)) go through the encoder in one batched
   inference-mode call: BatchNorm uses its running statistics and updates nothing, and
   no gradient flows. The score compares the encoder's last feature maps.
+
+  `examples` > 0 scores every (B / examples)-th example only (B must be a multiple):
+  the same estimate of Eq.20 from a subsample, for examples/B of the twin pass's
+  arithmetic. 0 (the paper, the default) uses the whole batch.
   """
+  if examples and examples != x.shape[0]:
+    if examples < 0 or x.shape[0] % examples:
+      raise ValueError(f"optim.twin_examples={examples} must divide the batch size "
+                       f"{x.shape[0]} (0: the whole batch).")
+    # [k, B/k, ...][:, 0]: with the batch sharded over devices and k a multiple of their
+    # count, each device keeps its own rows (no data moves between devices).
+    x = x.reshape((examples, x.shape[0] // examples) + x.shape[1:])[:, 0]
   enc = model.encoder(m)
   variables = {"params": params[f"encoder_{m}"]}
   if f"encoder_{m}" in batch_stats:  # Transformers have no BatchNorm.

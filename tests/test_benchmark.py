@@ -44,6 +44,24 @@ def test_benchmark_reports_flops_and_memory(capsys):
   assert result["peak_rss_mb"] > 0 and "reference" not in result
 
 
+def test_benchmark_counts_each_methods_flops(capsys):
+  """--flops=all: a method's FLOP ratio to joint, to read its time ratio against."""
+  benchmark.main(["--methods=redreg,redreg@twin_examples=2", "--width=0.0625",
+                  "--batch_size=8", "--steps=2", "--warmup=1", "--rounds=1", "--flops=all"])
+  methods = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]
+  assert methods["joint"]["flop_ratio"] == 1.0
+  # RedReg adds the twin forward pass (2B examples through one encoder) and the projection.
+  assert methods["redreg"]["flop_ratio"] > 1.05 and methods["redreg"]["gflop"] > 0
+  # An optim override is its own row: twins on 2 of 8 examples cost less arithmetic.
+  assert 1.0 < methods["redreg@twin_examples=2"]["flop_ratio"] < methods["redreg"]["flop_ratio"]
+
+
+def test_benchmark_refuses_an_unknown_override():
+  with pytest.raises(SystemExit, match="joint has no optim field 'twin_examples'"):
+    benchmark.main(["--methods=joint@twin_examples=2", "--width=0.0625", "--batch_size=8",
+                    "--steps=2", "--warmup=1", "--rounds=1"])
+
+
 def test_torch_reference_without_torch_says_how_to_install(monkeypatch):
   monkeypatch.setattr(benchmark, "torch_available", lambda: False)  # As on CI.
   with pytest.raises(SystemExit, match="pip install -r requirements-bench.txt"):

@@ -36,6 +36,36 @@ def test_twin_redundancy_by_hand(exps):
   assert float(red) > 0
 
 
+def test_twin_subsample_scores_every_kth_example(exps):
+  """optim.twin_examples=k: Eq.20 on every (B/k)-th example, on one device or four."""
+  exp, _ = exps
+  state = exp.init_state()
+  x = jax.random.normal(jax.random.key(0), (8,) + exp.info.shapes["audio"])
+  key = jax.random.key(1)
+  score = lambda x, k: train.redundancy_from_twins(
+      exp.model, "audio", state.params, state.batch_stats, x, key, sigma=0.03, examples=k)
+  want = score(x[::2], 0)
+  np.testing.assert_allclose(score(x, 4), want, rtol=1e-5)
+  assert float(score(x, 4)) != float(score(x, 0))  # A subsample, not the whole batch.
+  np.testing.assert_allclose(score(x, 8), score(x, 0), rtol=1e-6)  # k = B: the whole batch.
+  # With the batch sharded over every device, each keeps its rows; the score is equal.
+  n = jax.device_count()
+  x = jax.random.normal(jax.random.key(2), (2 * n,) + exp.info.shapes["audio"])
+  mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  np.testing.assert_allclose(jax.jit(lambda x: score(x, n))(xs), score(x[::2], 0), rtol=1e-5)
+  with pytest.raises(ValueError, match="twin_examples=3 must divide the batch size"):
+    score(x, 3)
+
+
+def test_twin_subsample_trains_and_is_checked():
+  exp = train.Experiment(tiny_config("redreg", **{"optim.twin_examples": 2}))
+  state, metrics = exp.train_step(exp.init_state(), next(iter(exp.train_batches(0))))
+  assert np.isfinite(float(metrics["loss"]))
+  with pytest.raises(ValueError, match="twin_examples"):
+    train.Experiment(tiny_config("redreg", **{"optim.twin_examples": -1}))
+
+
 def test_twins_leave_batchnorm_and_match_joint_stats(exps):
   redreg_exp, joint_exp = exps
   s_r, s_j = redreg_exp.init_state(), joint_exp.init_state()

@@ -65,6 +65,9 @@ STEP_DEFAULTS, STEP_DOCS = fields(
                        "(only without the monitor)."),
     twins_on=("clean", "twin passes on the 'clean' inputs (released code) or the "
                        "'dropped' ones (after modality dropout)."),
+    twin_examples=(0, "examples of each batch the twin pass scores (Eq.17-20): 0 = the "
+                      "whole batch (paper); k = every (B/k)-th example, k/B of the twin "
+                      "arithmetic (it must divide the batch size)."),
     modality_dropout=(False, "zero one modality's whole batch with probability 0.6 -> "
                              "0.1 over the first int(0.3 E) epochs, then 0.1 (released "
                              "code)."),
@@ -96,6 +99,7 @@ class RedRegMethod(Method):
   twins: str = "dominant"  # Which red_m the step computes: 'dominant' | 'all' | 'none'.
   sigma: float = 0.03  # Twin noise std (Eq.17).
   twins_on: str = "clean"  # Twins of the inputs before ('clean') or after dropout.
+  twin_examples: int = 0  # 0: the whole batch; k: every (B/k)-th example (Eq.17-20).
   modality_dropout: bool = False  # The released code's input dropout schedule.
   dropped_encoder: str = "frozen"  # 'frozen' | 'trained' encoder of a dropped modality.
   num_epochs: int = 1  # E of the dropout schedule.
@@ -126,7 +130,8 @@ class RedRegMethod(Method):
     if self.twins == "none":  # Only without the monitor, the score's one reader.
       return obs
     twin_redundancy = functools.partial(_train().redundancy_from_twins, step.model,
-                                        sigma=self.sigma, eps=TWIN_EPS)
+                                        sigma=self.sigma, eps=TWIN_EPS,
+                                        examples=self.twin_examples)
     twin_inputs = step.clean if self.twins_on == "clean" else step.inputs
     fns = [functools.partial(twin_redundancy, m, step.params, step.batch_stats,
                              twin_inputs[m], jax.random.fold_in(step.observe_key, i))
@@ -171,7 +176,7 @@ def build(setup: Setup) -> RedRegMethod:
   losses = (MULTIMODAL_CE,) + ((UNIMODAL_CE,) if setup.spec.unimodal_heads else ())
   return RedRegMethod(setup.name, losses=losses, transform=transform,
                       twins=optim["twins"], sigma=float(optim["sigma"]),
-                      twins_on=optim["twins_on"],
+                      twins_on=optim["twins_on"], twin_examples=int(optim["twin_examples"]),
                       modality_dropout=bool(optim["modality_dropout"]),
                       dropped_encoder=optim["dropped_encoder"], num_epochs=setup.num_epochs)
 
@@ -180,7 +185,7 @@ def build(setup: Setup) -> RedRegMethod:
 RANGES = dict(window=cc.COUNT, threshold=cc.NON_NEGATIVE, beta=cc.NON_NEGATIVE,
               gamma=cc.NON_NEGATIVE, tau_min=cc.Range(-1.0, 1.0), tau_max=cc.Range(-1.0, 1.0),
               eps=cc.POSITIVE, warmup_epochs=cc.INDEX, ema_momentum=cc.UNIT_OPEN_HIGH,
-              anchor_ema_decay=cc.UNIT_OPEN_HIGH, sigma=cc.POSITIVE)
+              anchor_ema_decay=cc.UNIT_OPEN_HIGH, sigma=cc.POSITIVE, twin_examples=cc.INDEX)
 
 
 def _register(name, summary, unimodal_heads=False, **overrides):
