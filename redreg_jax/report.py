@@ -36,29 +36,39 @@ import json
 import os
 import re
 import sys
+import time
 import urllib.parse
 
 import numpy as np
 
 
+PROGRESS_EVERY = 100  # Runs read between progress lines on stderr (fewer: silent).
+
+
 def find_summaries(dirs):
-  runs, seen = [], set()
+  """Every run (summary.json) below `dirs`, each once; progress on stderr for many runs."""
+  paths, seen = [], set()
   for d in dirs:
     if not os.path.isdir(d):
       raise FileNotFoundError(f"{d} is not a directory (pass workdirs or their parents).")
     for path in sorted(glob.glob(os.path.join(d, "**", "summary.json"), recursive=True)):
-      if os.path.realpath(path) in seen:  # Nested or repeated dirs: count each run once.
-        continue
-      seen.add(os.path.realpath(path))
-      try:
-        with open(path, encoding="utf-8") as f:
-          s = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg}); delete it and re-run that "
-                         "workdir's command to rewrite it.") from None
-      s["_path"] = os.path.dirname(path)
-      s["_config"] = _read_config(os.path.join(s["_path"], "config.json"))
-      runs.append(s)
+      if os.path.realpath(path) not in seen:  # Nested or repeated dirs: each run once.
+        seen.add(os.path.realpath(path))
+        paths.append(path)
+  runs, t0 = [], time.perf_counter()
+  for i, path in enumerate(paths):
+    try:
+      with open(path, encoding="utf-8") as f:
+        s = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e.msg}); delete it and re-run that "
+                       "workdir's command to rewrite it.") from None
+    s["_path"] = os.path.dirname(path)
+    s["_config"] = _read_config(os.path.join(s["_path"], "config.json"))
+    runs.append(s)
+    if len(paths) >= PROGRESS_EVERY and (i + 1) % PROGRESS_EVERY == 0:
+      print(f"report: read {i + 1}/{len(paths)} runs ({time.perf_counter() - t0:.1f}s)",
+            file=sys.stderr, flush=True)
   return runs
 
 

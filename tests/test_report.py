@@ -305,3 +305,16 @@ def test_sweep_plots_one_png_per_field(grid_sweep, tmp_path, capsys):
   _write(plain, "joint/seed_0", _summary("joint", 0, 0.7, 0.7, 0.3, 0.7))
   assert report.main([plain, f"--plots={tmp_path / 'none'}"]) == 0
   assert "no swept field" in capsys.readouterr().err
+
+
+def test_many_runs_show_progress_few_stay_quiet(tmp_path, capsys, monkeypatch):
+  root = str(tmp_path / "runs")
+  for seed in range(4):
+    _write(root, f"redreg/seed_{seed}", _summary("redreg", seed, 0.8, 0.9, 0.3, 0.7))
+  assert len(report.find_summaries([root])) == 4
+  assert capsys.readouterr().err == ""  # Below PROGRESS_EVERY runs: nothing.
+  monkeypatch.setattr(report, "PROGRESS_EVERY", 2)
+  report.find_summaries([root, root])  # The same runs twice are read once.
+  err = capsys.readouterr().err.splitlines()
+  assert [line.split(" (")[0] for line in err] == ["report: read 2/4 runs",
+                                                  "report: read 4/4 runs"]
