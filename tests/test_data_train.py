@@ -204,6 +204,9 @@ def test_folder_format_trains_and_evaluates(tmp_path):
   assert exp.info.shapes == {"audio": (16, 12, 1), "visual": (2, 16, 16, 3)}
   res = _train_two_steps_and_evaluate(exp)
   assert res["num_examples"] == 5  # Padded to the eval batch of 8, padding masked out.
+  # Summaries and report tables name it by its directory, not the format's name.
+  assert train.dataset_label(exp.config.data) == "folder:data"
+  assert train.dataset_label(_config(folder_config, "joint").data) == "folder"  # No dir yet.
 
 
 def test_folder_sequence_and_vector_modalities_get_default_encoders(tmp_path):
