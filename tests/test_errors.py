@@ -54,3 +54,12 @@ def test_missing_dataset_names_folder_and_command(tmp_path):
   assert str(tmp_path / "tfds") in r.stderr
   assert "dataset_info.json" not in r.stderr  # TFDS's own warning would only confuse.
   assert not (tmp_path / "run").exists()  # Nothing written.
+
+
+def test_help_into_a_closed_pipe_prints_no_traceback():
+  """`python launch.py --help | head`: the reader leaves early; no BrokenPipeError.
+
+  `true` exits without reading, long before Python has started, so the write fails."""
+  proc = subprocess.run(f"{sys.executable} launch.py --help | true", shell=True, cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
