@@ -97,6 +97,7 @@ class _Timed:
     jax.block_until_ready(self.state)
     self.compile_s = time.perf_counter() - t0
     self.times, self.rounds, self.dominant, self.gate, self.i = [], [], [], [], 0
+    self.aot = None  # The step compiled ahead of time, for XLA's cost and memory analyses.
 
   def run(self, steps: int, record: bool = True):
     """Times `steps` steps; a recorded call is one round (its median enters the ratios)."""
@@ -140,15 +141,42 @@ class _Timed:
                      for m in sorted(set(self.dominant)))
 
 
+def _compiled(timed: "_Timed"):
+  """The train step compiled ahead of time for its own batch (once per method)."""
+  if timed.aot is None:
+    timed.aot = timed.exp.train_step.lower(timed.state, timed.batches[0]).compile()
+  return timed.aot
+
+
+def step_memory_mb(timed: "_Timed") -> dict | None:
+  """MiB the compiled step itself holds, from XLA's memory analysis (None if none).
+
+  arguments (state + batch), outputs, the part of the outputs that reuses argument
+  buffers (donated state), and temporaries (activations kept for the backward pass,
+  workspace); live = arguments + outputs - aliased + temporaries. The process's peak RSS
+  adds the compiler, the runtime and the host data to this.
+  """
+  try:
+    mem = _compiled(timed).memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # Backends may not implement it.
+    return None
+  if mem is None:
+    return None
+  mib = lambda b: round(b / 2**20, 1)
+  out = {"arguments": mib(mem.argument_size_in_bytes), "outputs": mib(mem.output_size_in_bytes),
+         "aliased": mib(mem.alias_size_in_bytes), "temporaries": mib(mem.temp_size_in_bytes)}
+  out["live"] = round(out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"], 1)
+  return out
+
+
 def step_flops(timed: "_Timed") -> float | None:
   """FLOPs of one compiled train step, from XLA's cost analysis (None if it gives none).
 
   A conditional counts as its costliest branch (RedReg's twin pass on the dominant
   modality counts as the costlier encoder's), so for such methods it is an upper bound.
   """
-  exp = timed.exp
   try:
-    cost = exp.train_step.lower(timed.state, timed.batches[0]).compile().cost_analysis()
+    cost = _compiled(timed).cost_analysis()
   except Exception:  # pylint: disable=broad-except  # Backends may not implement it.
     return None
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per computation.
@@ -306,6 +334,7 @@ def main(argv=None):
   hook_s = {m: t.time_hooks() for m, t in timed.items()}
   exp = timed["joint"].exp
   flops = step_flops(timed["joint"])
+  step_mem = step_memory_mb(timed["joint"])
   method_flops = ({m: (flops if m == "joint" else step_flops(t)) for m, t in timed.items()}
                   if args.flops == "all" else {})
   pipeline_sps = time_input_pipeline(exp, args.steps)
@@ -377,10 +406,14 @@ def main(argv=None):
   elif gflop:
     print(f"joint step: {gflop:.1f} GFLOP (XLA cost analysis), "
           f"{gflop / joint:.1f} GFLOP/s; peak RSS {jax_rss:.0f} MiB")
+  if step_mem:
+    print(f"joint step memory (XLA memory analysis): {step_mem['live']:.0f} MiB live = "
+          f"arguments {step_mem['arguments']:.0f} + outputs {step_mem['outputs']:.0f} - "
+          f"aliased {step_mem['aliased']:.0f} + temporaries {step_mem['temporaries']:.0f}")
   print(json.dumps({"shapes": args.shapes, "batch_size": exp.batch_size, "dtype": args.dtype,
                     "devices": jax.device_count(), "input_pipeline_samples_per_s": pipeline_sps,
                     "joint_gflop": None if gflop is None else round(gflop, 3),
-                    "peak_rss_mb": round(jax_rss, 1),
+                    "peak_rss_mb": round(jax_rss, 1), "joint_step_memory_mb": step_mem,
                     **({"reference": reference} if reference else {}),
                     "methods": {m: {"median_s": round(r["median_s"], 6),
                                     "ratio_to_joint": round(r["ratio_to_joint"], 4),

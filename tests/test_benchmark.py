@@ -42,6 +42,10 @@ def test_benchmark_reports_flops_and_memory(capsys):
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result["joint_gflop"] > 0  # XLA's cost analysis of the compiled joint step.
   assert result["peak_rss_mb"] > 0 and "reference" not in result
+  mem = result["joint_step_memory_mb"]  # What the step itself holds, by XLA's analysis.
+  assert mem["temporaries"] > 0 and mem["arguments"] > 0
+  assert mem["live"] == pytest.approx(mem["arguments"] + mem["outputs"] - mem["aliased"]
+                                      + mem["temporaries"], abs=0.2)
 
 
 def test_benchmark_counts_each_methods_flops(capsys):
