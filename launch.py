@@ -152,8 +152,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except BrokenPipeError:  # `python launch.py --help | head`: the reader has gone.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # No error at exit.
-    sys.exit(141)  # 128 + SIGPIPE, as a shell tool would.
+  from redreg_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(lambda: main(sys.argv[1:]))  # `--help | head` ends quietly, too.

@@ -431,4 +431,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from redreg_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

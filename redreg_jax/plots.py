@@ -559,4 +559,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from redreg_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

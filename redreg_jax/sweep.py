@@ -246,4 +246,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from redreg_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)
