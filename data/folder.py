@@ -293,11 +293,14 @@ class FolderSource:
 
 def info(data_cfg) -> dict:
   """Modalities, classes and per-example shapes from the manifest."""
-  manifest = read_manifest(_folder(data_cfg))
+  folder = _folder(data_cfg)
+  manifest = read_manifest(folder)
   mods = manifest['modalities']
   return dict(modalities=tuple(mods), num_classes=manifest['num_classes'],
               shapes={m: tuple(spec['shape']) for m, spec in mods.items()},
-              class_names=list(manifest['class_names']))
+              class_names=list(manifest['class_names']),
+              # Every folder dataset is data.name='folder': name it by its directory.
+              name='folder:' + os.path.basename(os.path.normpath(folder)))
 
 
 def load_split(data_cfg, split: str) -> FolderSource:

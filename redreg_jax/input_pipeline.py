@@ -36,6 +36,9 @@ class DatasetInfo:
   num_classes: int
   shapes: Mapping[str, tuple[int, ...]]
   class_names: tuple[str, ...] = ()
+  # The dataset's name in summaries and report tables; a data module may give a more
+  # specific one than data.name (the folder format: 'folder:<its directory>').
+  name: str = ""
 
 
 @dataclasses.dataclass
@@ -69,7 +72,7 @@ def get_dataset(data_cfg) -> Dataset:
     modalities = ("audio", "visual")
     info = DatasetInfo(modalities, cfg.num_classes,
                        {m: splits["train"][m].shape[1:] for m in modalities},
-                       tuple(f"class_{k}" for k in range(cfg.num_classes)))
+                       tuple(f"class_{k}" for k in range(cfg.num_classes)), name)
     sources = {s: ArraySource(a, modalities + ("label",)) for s, a in splits.items()}
     return Dataset(info, sources, {True: None, False: None})
   try:
@@ -82,7 +85,7 @@ def get_dataset(data_cfg) -> Dataset:
   raw = module.info(data_cfg)
   info = DatasetInfo(tuple(raw["modalities"]), int(raw["num_classes"]),
                      {m: tuple(s) for m, s in raw["shapes"].items()},
-                     tuple(raw.get("class_names", ())))
+                     tuple(raw.get("class_names", ())), str(raw.get("name", name)))
   sources = {s: module.load_split(data_cfg, s) for s in ("train", "validation", "test")}
   return Dataset(info, sources, {t: module.make_preprocess(data_cfg, t) for t in (True, False)})
 

@@ -866,7 +866,7 @@ def _train_and_evaluate(exp: Experiment, config, workdir: str, t_start: float) -
     try:
       best_state, _ = ckpt.restore(state, which="best")
       best_state = jax.device_put(best_state, exp.repl)
-      summary = {"method": config.method, "dataset": dataset_label(config.data),
+      summary = {"method": config.method, "dataset": exp.info.name or config.data.name,
                  "seed": int(config.seed), "steps": step, "best_epoch": meta["best_epoch"],
                  "best_step": meta["best_step"], "compile_seconds": compile_s,
                  "wall_seconds": wall_before + time.time() - t_start,
@@ -916,14 +916,6 @@ def evaluate_checkpoint(config, workdir: str, which: str = "best", split: str = 
     for s, res in results.items():
       print(f"{s:<12}" + "".join(f"{res[c]:>18.4f}" for c in cols))
   return results
-
-
-def dataset_label(data_cfg) -> str:
-  """The dataset's name in summaries and tables: 'folder:<its directory>' for the
-  folder format (every such dataset is called 'folder' in its config), else its name."""
-  if data_cfg.name == "folder" and data_cfg.get("data_dir"):
-    return "folder:" + os.path.basename(os.path.normpath(os.path.expanduser(data_cfg.data_dir)))
-  return data_cfg.name
 
 
 def print_summary(summary: dict, modalities) -> None:

@@ -50,7 +50,8 @@ def test_round_trip(tmp_path, splits):
   path = _write(tmp_path, splits)
   info = folder.info(_cfg(path))
   assert info == dict(modalities=('audio', 'visual'), num_classes=K,
-                      shapes=SHAPES, class_names=['a', 'b', 'c'])
+                      shapes=SHAPES, class_names=['a', 'b', 'c'],
+                      name='folder:' + os.path.basename(os.path.normpath(str(path))))
   manifest = folder.read_manifest(str(path))
   assert manifest['splits']['train'] == ['train-00000.npz', 'train-00001.npz',
                                          'train-00002.npz']

@@ -205,8 +205,7 @@ def test_folder_format_trains_and_evaluates(tmp_path):
   res = _train_two_steps_and_evaluate(exp)
   assert res["num_examples"] == 5  # Padded to the eval batch of 8, padding masked out.
   # Summaries and report tables name it by its directory, not the format's name.
-  assert train.dataset_label(exp.config.data) == "folder:data"
-  assert train.dataset_label(_config(folder_config, "joint").data) == "folder"  # No dir yet.
+  assert exp.info.name == "folder:data"
 
 
 def test_folder_sequence_and_vector_modalities_get_default_encoders(tmp_path):
