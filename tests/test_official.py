@@ -190,7 +190,9 @@ def test_inforeg_official_trains_the_shared_head_losses():
 
 @pytest.mark.parametrize("method", ["redreg_official", "inforeg_official"])
 def test_official_presets_compile_once_and_match_on_4_devices(method):
-  cfg = tiny_config(method)
+  # A gentle lr, as in tests/test_scale.py: at lr 0.01 a max-pool or ReLU decision
+  # flipped by round-off moved inforeg_official's kernels by 1e-3 (AMD EPYC Zen 4).
+  cfg = tiny_config(method, **{"optim.lr": 1e-3})
   results = []
   for n_dev in (1, 4):
     mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
