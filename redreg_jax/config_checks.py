@@ -59,6 +59,7 @@ SHARED: Mapping[str, Range] = {
     "eval_batch_size": COUNT,
     "seed": INDEX,
     "model.width": POSITIVE,
+    "model.resnet_blocks": COUNT,
     "optim.lr": POSITIVE,
     "optim.momentum": UNIT_OPEN_HIGH,
     "optim.weight_decay": NON_NEGATIVE,
@@ -74,7 +75,8 @@ SHARED: Mapping[str, Range] = {
     "train.max_skipped_fraction": UNIT,
 }
 # Per-encoder fields (config.model.encoders.<m>.<field>).
-ENCODER: Mapping[str, Range] = {"width": POSITIVE, "dim": COUNT, "pooled_dim": COUNT}
+ENCODER: Mapping[str, Range] = {"width": POSITIVE, "dim": COUNT, "pooled_dim": COUNT,
+                                "blocks": COUNT}
 
 
 def _get(config, dotted: str):

@@ -1,5 +1,7 @@
 """The benchmark script runs end to end and ends with its JSON line (no timing asserted)."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -9,13 +11,22 @@ import pytest
 from redreg_jax import benchmark
 
 
-def test_benchmark_prints_table_and_json(capsys):
-  benchmark.main(["--methods=redreg", "--width=0.0625", "--batch_size=8", "--steps=2",
-                  "--warmup=1", "--rounds=1"])
-  lines = capsys.readouterr().out.strip().splitlines()
-  result = json.loads(lines[-1])
-  assert set(result["methods"]) == {"joint", "redreg"}  # joint is always the reference.
-  assert result["methods"]["joint"]["ratio_to_joint"] == 1.0
+@pytest.fixture(scope="module")
+def result():
+  """One benchmark run shared by the tests below (each method's step compiles once):
+  RedReg (the projection path), a twin-subsample override and PMR (an epoch hook)."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    benchmark.main(["--methods=redreg,redreg@twin_examples=2,pmr", "--width=0.0625",
+                    "--batch_size=8", "--steps=2", "--warmup=1", "--rounds=1", "--flops=all"])
+  lines = out.getvalue().strip().splitlines()
+  return json.loads(lines[-1]), lines
+
+
+def test_benchmark_prints_table_and_json(result):
+  result, lines = result
+  assert set(result["methods"]) == {"joint", "redreg", "redreg@twin_examples=2", "pmr"}
+  assert result["methods"]["joint"]["ratio_to_joint"] == 1.0  # joint is always the reference.
   assert result["methods"]["redreg"]["median_s"] > 0
   # Which encoder the twins ran on is reported, since it sets RedReg's extra cost.
   assert result["methods"]["redreg"]["dominant"].split()[0] in ("audio", "visual")
@@ -28,18 +39,14 @@ def test_benchmark_prints_table_and_json(capsys):
   assert any(line.startswith("redreg ") for line in lines)
 
 
-def test_benchmark_times_epoch_hooks(capsys):
-  benchmark.main(["--methods=pmr", "--width=0.0625", "--batch_size=8", "--steps=2",
-                  "--warmup=1", "--rounds=1"])
-  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_benchmark_times_epoch_hooks(result):
+  result, _ = result
   assert result["methods"]["pmr"]["hook_s"] > 0 and result["methods"]["pmr"]["hook_epochs"] > 0
   assert "hook_s" not in result["methods"]["joint"]  # joint has no epoch hook.
 
 
-def test_benchmark_reports_flops_and_memory(capsys):
-  benchmark.main(["--methods=joint", "--width=0.0625", "--batch_size=8", "--steps=2",
-                  "--warmup=1", "--rounds=1"])
-  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_benchmark_reports_flops_and_memory(result):
+  result, _ = result
   assert result["joint_gflop"] > 0  # XLA's cost analysis of the compiled joint step.
   assert result["peak_rss_mb"] > 0 and "reference" not in result
   mem = result["joint_step_memory_mb"]  # What the step itself holds, by XLA's analysis.
@@ -48,11 +55,9 @@ def test_benchmark_reports_flops_and_memory(capsys):
                                       + mem["temporaries"], abs=0.2)
 
 
-def test_benchmark_counts_each_methods_flops(capsys):
+def test_benchmark_counts_each_methods_flops(result):
   """--flops=all: a method's FLOP ratio to joint, to read its time ratio against."""
-  benchmark.main(["--methods=redreg,redreg@twin_examples=2", "--width=0.0625",
-                  "--batch_size=8", "--steps=2", "--warmup=1", "--rounds=1", "--flops=all"])
-  methods = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]
+  methods = result[0]["methods"]
   assert methods["joint"]["flop_ratio"] == 1.0
   # RedReg adds the twin forward pass (2B examples through one encoder) and the projection.
   assert methods["redreg"]["flop_ratio"] > 1.05 and methods["redreg"]["gflop"] > 0

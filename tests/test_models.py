@@ -210,3 +210,26 @@ def test_conv4_encoder_width_dim_and_bad_option():
   assert "conv4" in models.ENCODER_KINDS
   with pytest.raises(ValueError, match="Unknown conv4 encoder option"):
     models.make_encoder("conv4", 1.0, jnp.float32, hidden=3)
+
+
+def test_resnet_blocks_per_stage():
+  """blocks=2 is ResNet-18 (8 basic blocks); blocks=1 keeps each stage's stride and
+  projected shortcut with one block (the tests' toy encoder), same feature map."""
+  x = jnp.ones((2, 32, 32, 3))
+  outs = {}
+  for blocks in (2, 1):
+    enc = models.make_encoder("resnet18", 1 / 16, jnp.float32, blocks=blocks)
+    variables = enc.init(jax.random.key(0), x, train=False)
+    resnet = variables["params"]["resnet"]
+    assert sorted(k for k in resnet if k.startswith("stage")) == sorted(
+        f"stage{s}_block{b}" for s in range(1, 5) for b in range(1, blocks + 1))
+    for s in (2, 3, 4):  # Each later stage opens with a strided, projected block.
+      assert "proj_conv" in resnet[f"stage{s}_block1"]
+    convs = [p for p in jax.tree_util.tree_flatten_with_path(resnet)[0]
+             if "conv" in jax.tree_util.keystr(p[0]) and p[1].ndim == 4]
+    assert len(convs) == 1 + 2 * 4 * blocks + 3  # stem + 2 per block + 3 projections
+    outs[blocks] = enc.apply(variables, x, train=False)
+  chex.assert_shape([outs[2][0], outs[1][0]], (2, 1, 1, 32))  # 32 -> 16 -> 8 -> 4 -> 2 -> 1.
+  chex.assert_shape([outs[2][1], outs[1][1]], (2, 32))
+  with pytest.raises(ValueError, match=r"Unknown resnet18 encoder option.*valid: width, blocks"):
+    models.make_encoder("resnet18", 1.0, jnp.float32, depth=10)

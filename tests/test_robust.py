@@ -179,6 +179,12 @@ def test_every_bad_value_is_one_line():
   with pytest.raises(ValueError, match="bad config values"):
     train.Experiment(c)
   assert config_checks.problems(tiny_config("redreg")) == []
+  c = tiny_config("joint")
+  c.model.resnet_blocks = 0
+  c.model.encoders = {"audio": {"blocks": 1.5}}
+  assert config_checks.problems(c) == ["config.model.resnet_blocks must be 1 <= x, got 0",
+                                       "config.model.encoders.audio.blocks must be an integer "
+                                       "1 <= x, got 1.5"]
   assert config_checks.Range(0, 1, integer=True).problem(0.5) is not None
   assert config_checks.Range(0, None, low_open=True).problem(float("nan")) is not None
 
