@@ -14,13 +14,14 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 
 def classification_metrics(logits_NxK: np.ndarray, labels_N: np.ndarray,
                            branch_logits: Mapping[str, np.ndarray], num_classes: int,
                            modalities: Sequence[str]) -> dict:
   """Accuracy, per-modality accuracy (branch logits), macro-F1 and confusion matrix."""
+  # Imported here: scikit-learn (with SciPy) adds ~2 s to every process's start-up.
+  from sklearn import metrics as skm  # pylint: disable=g-import-not-at-top
   labels_N = np.asarray(labels_N)
   pred = np.argmax(logits_NxK, axis=-1)
   out = {"accuracy": float(np.mean(pred == labels_N)) if len(labels_N) else float("nan")}
