@@ -43,7 +43,7 @@ def get_config(arg=None):
     if c.optim.get("reg_epochs", 0) > 1:  # PMR's entropy term in epoch 0 only (E_r
       c.optim.reg_epochs = 1              # is "the first few" of many epochs).
   if arg.tiny:  # For tests: the real code paths at toy sizes (a 4-channel ResNet-18 with
-    # one basic block per stage: every stage, stride and projection, half the compile).
+    # one basic block per stage: every stage, stride and projection; a faster compile).
     c.data.update(num_train=64, num_validation=32, num_test=32, audio_freq=16, audio_time=16,
                   frames=1, image_size=16, num_classes=4)
     c.model.width = 1 / 16

@@ -78,7 +78,7 @@ def build_model(config, info: input_pipeline.DatasetInfo, method: methods_lib.Me
   encoders = {m: dict(spec) for m, spec in mcfg.get("encoders", {}).items()}
   for m in info.modalities:  # Unnamed encoders follow the input's rank.
     encoders.setdefault(m, models.default_encoder_spec(m, info.shapes[m], mcfg.width))
-  # Optional `model.resnet_blocks` (set by the tests' `tiny` configs): basic blocks per
+  # Optional `model.resnet_blocks` (set by the synthetic `tiny` config): basic blocks per
   # stage of every ResNet encoder that names none (2, ResNet-18, when unset).
   if mcfg.get("resnet_blocks") is not None:
     for spec in encoders.values():
