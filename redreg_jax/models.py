@@ -85,8 +85,8 @@ class ResNet18(nn.Module):
   """ResNet-18 trunk; returns the last feature map [N, h, w, 512 * width].
 
   `blocks_per_stage` 2 is ResNet-18 (He et al. 2016, Table 1); 1 keeps every stage, its
-  strides and its projected shortcut with one basic block each (a ResNet-10), whose
-  train step compiles in about 70-75% of the time: the tests' toy configs use it.
+  strides and its projected shortcut with one basic block each (a ResNet-10), which
+  compiles faster: the tests' toy configs use it.
   """
   width: float = 1.0
   dtype: Any = jnp.float32
