@@ -382,10 +382,16 @@ class Experiment:
     return jax.jit(step_fn, in_shardings=(self.repl, self.data_sharding),
                    out_shardings=(self.repl, self.repl), donate_argnums=0)
 
-  def _init(self, rng) -> TrainState:
+  def _init_variables(self, rng):
+    """(params, batch_stats): the model's share of the initial state. A program of the
+    model alone, so Experiments (and processes, through the compilation cache) that
+    differ only in method or optimizer compile it once."""
     variables = self.model.init({"params": rng, "dropout": rng}, dummy_inputs(self.info),
                                 train=False)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    return variables["params"], variables.get("batch_stats", {})
+
+  def _init_rest(self, params, batch_stats) -> TrainState:
+    """The rest of the initial state, from the model's variables."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                       opt_state=self.tx.init(params),
                       rng=jax.random.PRNGKey(self.config.seed + 1),
@@ -401,13 +407,15 @@ class Experiment:
 
   @functools.cached_property
   def _jit_init(self):
-    return jax.jit(self._init, out_shardings=self.repl)
+    return (jax.jit(self._init_variables, out_shardings=self.repl),
+            jax.jit(self._init_rest, out_shardings=self.repl))
 
   def init_state(self) -> TrainState:
     """The initial state, replicated over the mesh (compiled once per Experiment)."""
     # Parameter init draws from an RBG key: deterministic, and XLA compiles it in seconds
     # where threefry over ~60 tensors takes ~40 s on a CPU.
-    return self._jit_init(jax.random.key(self.config.seed, impl="rbg"))
+    init_variables, init_rest = self._jit_init
+    return init_rest(*init_variables(jax.random.key(self.config.seed, impl="rbg")))
 
   def run_epoch_hooks(self, at: str, epoch: int, state: TrainState):
     """Runs the method's epoch hooks for `at` ('start' | 'end'); returns (state, scalars)."""
