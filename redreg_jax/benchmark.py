@@ -36,6 +36,9 @@ SHAPES = {
     "av_digits": dict(audio_freq=129, audio_time=126, frames=1, image_size=32),
     # Half the CREMA-D resolution: a 128x94 spectrogram, 3 frames of 112x112.
     "small": dict(audio_freq=128, audio_time=94, frames=3, image_size=112),
+    # The tests' `tiny` inputs (16x16 spectrogram, one 16x16 frame): a run that checks the
+    # benchmark's structure, too small for its times to mean anything.
+    "tiny": dict(audio_freq=16, audio_time=16, frames=1, image_size=16),
 }
 
 
@@ -68,6 +71,8 @@ def _config(label: str, args):
   c.data.num_validation = c.data.num_test = c.batch_size
   if args.width:
     c.model.width = args.width
+  if args.blocks:
+    c.model.resnet_blocks = args.blocks
   c.model.dtype = args.dtype
   # Regulation active from the first step, so the timed steps take its full path, and
   # every epoch hook due at HOOK_EPOCH (DRBML diagnoses, G-Blending re-estimates with
@@ -274,7 +279,7 @@ def time_input_pipeline(exp, num_batches: int) -> float:
   return n / (time.perf_counter() - t0)
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--methods", default=None,
                       help="comma-separated method names, or 'all' (every registered one; "
@@ -290,6 +295,8 @@ def main(argv=None):
   parser.add_argument("--shapes", choices=sorted(SHAPES), default="synthetic")
   parser.add_argument("--batch_size", type=int, default=0, help="0: the config's (64)")
   parser.add_argument("--width", type=float, default=0.0, help="0: the config's")
+  parser.add_argument("--blocks", type=int, default=0,
+                      help="basic blocks per ResNet stage (0: the config's, ResNet-18's 2)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=3)
@@ -299,7 +306,11 @@ def main(argv=None):
                            "each method's GFLOP and FLOP ratio to joint (one more compile "
                            "per method), to read a time ratio against the arithmetic the "
                            "method adds")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
   from redreg_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
   if args.reference == "torch" and not torch_available():  # Before anything compiles.
     raise SystemExit("--reference=torch needs PyTorch: .venv/bin/pip install -r "

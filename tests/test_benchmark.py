@@ -14,11 +14,14 @@ from redreg_jax import benchmark
 @pytest.fixture(scope="module")
 def result():
   """One benchmark run shared by the tests below (each method's step compiles once):
-  RedReg (the projection path), a twin-subsample override and PMR (an epoch hook)."""
+  RedReg (the projection path), a twin-subsample override and PMR (an epoch hook), at
+  the tests' tiny size with one block per ResNet stage: these tests check what the
+  benchmark reports, not its times."""
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
     benchmark.main(["--methods=redreg,redreg@twin_examples=2,pmr", "--width=0.0625",
-                    "--batch_size=8", "--steps=2", "--warmup=1", "--rounds=1", "--flops=all"])
+                    "--shapes=tiny", "--blocks=1", "--batch_size=8", "--steps=2", "--warmup=1",
+                    "--rounds=1", "--flops=all"])
   lines = out.getvalue().strip().splitlines()
   return json.loads(lines[-1]), lines
 
@@ -90,3 +93,18 @@ def test_torch_reference_is_not_imported_by_the_library():
         imports = re.findall(r"^\s*(?:import torch|from torch|from redreg_jax import "
                              r"torch_reference|import redreg_jax.torch_reference)", text, re.M)
         assert not imports, name
+
+
+def benchmark_args(argv):
+  return benchmark._parser().parse_args(argv)
+
+
+def test_blocks_and_tiny_shapes_reach_the_config():
+  args = benchmark_args(["--shapes=tiny", "--blocks=1", "--batch_size=8", "--steps=2"])
+  c = benchmark._config("redreg", args)
+  assert c.model.resnet_blocks == 1
+  assert (c.data.audio_freq, c.data.audio_time, c.data.frames, c.data.image_size) == (
+      16, 16, 1, 16)
+  assert c.data.num_train == 8 * (2 + 3 + 1)  # The timed steps, warm-up and one spare.
+  default = benchmark._config("redreg", benchmark_args([]))
+  assert default.model.get("resnet_blocks") is None  # ResNet-18's two blocks per stage.

@@ -29,9 +29,12 @@ from redreg_jax import train
 from tests import data_fixtures as fx
 from tests.test_data_av_digits import _write_fake_fsdd
 
-# Shared shrink: a 4-channel ResNet-18, one batch of 8 per step (one per fake device).
-SMALL = {"model.width": 1 / 16, "batch_size": 8, "eval_batch_size": 8, "num_epochs": 1,
-         "train.input_threads": 1, "train.device_prefetch": 1}
+# Shared shrink: a 4-channel ResNet-18 with one basic block per stage (every stage, stride
+# and projection kept; these tests check the data path, not the network), one batch of 8
+# per step (one per fake device).
+SMALL = {"model.width": 1 / 16, "model.resnet_blocks": 1, "batch_size": 8,
+         "eval_batch_size": 8, "num_epochs": 1, "train.input_threads": 1,
+         "train.device_prefetch": 1}
 TINY_TRANSFORMER = dict(num_layers=1, num_heads=2, dim=8, mlp_dim=16, max_len=8,
                         pooled_dim=8)
 MOSI_METHODS = ("joint", "joint_star", "redreg", "redreg_star", "inforeg", "ogm_ge",
