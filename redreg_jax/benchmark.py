@@ -215,6 +215,26 @@ def torch_available() -> bool:
     return False
 
 
+def torch_spec(exp, warmup: int, threads: int) -> dict:
+  """What torch_reference.py builds to mirror the joint experiment `exp`: shapes, width,
+  ResNet blocks per stage, classes, lr; refuses a model it does not mirror."""
+  shapes = exp.info.shapes
+  audio, visual = shapes["audio"], shapes["visual"]
+  frames, size = (1, visual[0]) if len(visual) == 3 else (visual[0], visual[1])
+  if len(audio) != 3 or visual[-1] != 3 or audio[-1] != 1:
+    raise SystemExit(f"--reference=torch needs [F, T, 1] audio and RGB frames, got "
+                     f"{audio} and {visual}.")
+  encoders = exp.config.model.get("encoders") or {}
+  if encoders or exp.config.model.fusion != "concat":
+    raise SystemExit("--reference=torch mirrors ResNet-18 encoders with concat fusion "
+                     "only (the default models).")
+  return {"batch": exp.batch_size, "width": float(exp.config.model.width),
+          "blocks": int(exp.config.model.get("resnet_blocks") or 2),
+          "num_classes": exp.info.num_classes, "audio": [audio[0], audio[1]],
+          "visual": [frames, size], "seed": 0, "lr": float(exp.config.optim.lr),
+          "threads": threads, "warmup": warmup}
+
+
 class TorchReference:
   """The PyTorch step of redreg_jax/torch_reference.py, in its own process.
 
@@ -225,20 +245,7 @@ class TorchReference:
 
   def __init__(self, exp, warmup: int, threads: int):
     import subprocess  # pylint: disable=g-import-not-at-top
-    shapes = exp.info.shapes
-    audio, visual = shapes["audio"], shapes["visual"]
-    frames, size = (1, visual[0]) if len(visual) == 3 else (visual[0], visual[1])
-    if len(audio) != 3 or visual[-1] != 3 or audio[-1] != 1:
-      raise SystemExit(f"--reference=torch needs [F, T, 1] audio and RGB frames, got "
-                       f"{audio} and {visual}.")
-    encoders = exp.config.model.get("encoders") or {}
-    if encoders or exp.config.model.fusion != "concat":
-      raise SystemExit("--reference=torch mirrors ResNet-18 encoders with concat fusion "
-                       "only (the default models).")
-    self.spec = {"batch": exp.batch_size, "width": float(exp.config.model.width),
-                 "num_classes": exp.info.num_classes, "audio": [audio[0], audio[1]],
-                 "visual": [frames, size], "seed": 0, "lr": float(exp.config.optim.lr),
-                 "threads": threads, "warmup": warmup}
+    self.spec = torch_spec(exp, warmup, threads)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
     self.proc = subprocess.Popen([sys.executable, script], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True)

@@ -30,7 +30,7 @@ import sys
 import time
 
 
-def _resnet18(torch, in_channels: int, width: float):
+def _resnet18(torch, in_channels: int, width: float, blocks: int = 2):
   nn = torch.nn
   widths = [max(1, int(round(w * width))) for w in (64, 128, 256, 512)]
 
@@ -57,14 +57,15 @@ def _resnet18(torch, in_channels: int, width: float):
             nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
   cin = widths[0]
   for stage, cout in enumerate(widths):
-    for block in range(2):
+    for block in range(blocks):  # 2 per stage: ResNet-18.
       layers.append(Block(cin, cout, 2 if stage > 0 and block == 0 else 1))
       cin = cout
   return nn.Sequential(*layers), widths[-1]
 
 
 def build(torch, spec: dict):
-  """(model, optimizer, inputs) for a spec {batch, width, num_classes, audio, visual, seed}."""
+  """(model, optimizer, inputs) for a spec {batch, width, blocks, num_classes, audio, visual,
+  seed}; blocks (basic blocks per ResNet stage) defaults to ResNet-18's 2."""
   nn = torch.nn
   torch.manual_seed(int(spec["seed"]))
 
@@ -73,8 +74,9 @@ def build(torch, spec: dict):
 
     def __init__(self):
       super().__init__()
-      self.audio, da = _resnet18(torch, 1, spec["width"])
-      self.visual, dv = _resnet18(torch, 3, spec["width"])
+      blocks = spec.get("blocks", 2)
+      self.audio, da = _resnet18(torch, 1, spec["width"], blocks)
+      self.visual, dv = _resnet18(torch, 3, spec["width"], blocks)
       self.head = nn.Linear(da + dv, int(spec["num_classes"]))
 
     def forward(self, audio_Bx1xFxT, visual_BxTx3xHxW):

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from redreg_jax import benchmark
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +104,18 @@ def test_blocks_and_tiny_shapes_reach_the_config():
   args = benchmark_args(["--shapes=tiny", "--blocks=1", "--batch_size=8", "--steps=2"])
   c = benchmark._config("redreg", args)
   assert c.model.resnet_blocks == 1
+  tiny = tiny_config().data  # The tests' own tiny inputs.
   assert (c.data.audio_freq, c.data.audio_time, c.data.frames, c.data.image_size) == (
-      16, 16, 1, 16)
+      tiny.audio_freq, tiny.audio_time, tiny.frames, tiny.image_size)
   assert c.data.num_train == 8 * (2 + 3 + 1)  # The timed steps, warm-up and one spare.
   default = benchmark._config("redreg", benchmark_args([]))
   assert default.model.get("resnet_blocks") is None  # ResNet-18's two blocks per stage.
+
+
+def test_torch_reference_mirrors_the_blocks_per_stage():
+  """--reference=torch builds the PyTorch net with the JAX net's blocks per stage."""
+  from redreg_jax import train  # pylint: disable=g-import-not-at-top
+  for flags, blocks in ((["--blocks=1"], 1), ([], 2)):
+    args = benchmark_args(["--shapes=tiny", "--width=0.0625", "--batch_size=8", *flags])
+    spec = benchmark.torch_spec(train.Experiment(benchmark._config("joint", args)), 1, 2)
+    assert (spec["blocks"], spec["audio"], spec["visual"]) == (blocks, [16, 16], [1, 16])
