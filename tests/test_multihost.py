@@ -3,6 +3,7 @@ a run with the same parameters as one process fed the same global batches."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from redreg_jax import train
 from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# The tests' own XLA flags (tests/conftest.py) with the device count left to _env.
+FAST_XLA = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                  os.environ["XLA_FLAGS"]).strip()
 
 
 def _free_port():
