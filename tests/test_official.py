@@ -54,8 +54,9 @@ def _two_device_mesh():
   """The smoke runs' mesh: two of the 8 fake devices, still a batch-sharded step. The
   step is one jit over the global batch (BatchNorm's statistics included), so the device
   count changes no value beyond float reassociation (tests/test_scale.py and the
-  methods' 1-vs-4-device tests check that); the other tiny tests run on all 8. On 8 fake
-  CPU devices the 48 steps of a smoke run cost ~1.6x those on 2 (device overhead)."""
+  methods' 1-vs-4-device tests check that); the other tiny tests run on all 8. 8 fake CPU
+  devices give each of a smoke run's 48 tiny steps four times the per-device overhead of
+  2 (README, "Tests", for the suite's figures)."""
   return jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=jax.devices()[:2])
 
