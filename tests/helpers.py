@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import ml_collections
 
 from configs import synthetic as synthetic_config
@@ -19,6 +20,13 @@ def tiny_config(method: str = "joint", **overrides) -> ml_collections.ConfigDict
       node = node[p]
     node[last] = v
   return c
+
+
+def data_mesh(n: int) -> jax.sharding.Mesh:
+  """A 1-D 'data' mesh over the first `n` fake CPU devices (Auto axes, as Experiment's own
+  default mesh over all of them)."""
+  return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:n])
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

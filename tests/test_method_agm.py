@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from redreg_jax import methods, models, train
-from tests.helpers import tiny_config
+from tests.helpers import data_mesh, tiny_config
 
 MODS = ("audio", "visual")
 # lr 1, no weight decay: the first SGD-momentum step moves each parameter by -g exactly,
@@ -203,8 +203,7 @@ def test_1_and_4_devices_match(method):
   cfg = tiny_config(method)
   results = []
   for n_dev in (1, 4):
-    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:n_dev])
+    mesh = data_mesh(n_dev)
     exp = train.Experiment(cfg, mesh=mesh)
     state = exp.init_state()
     for batch in exp.train_batches(0):

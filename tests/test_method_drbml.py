@@ -19,15 +19,10 @@ import pytest
 
 from redreg_jax import config_lib, drbml as drbml_lib, input_pipeline, methods, models, train
 from redreg_jax.methods import drbml as drbml_method
-from tests.helpers import tiny_config
+from tests.helpers import data_mesh, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIAG_KEYS = ("purity_train", "purity_val", "gap", "alpha")
-
-
-def _mesh(n):
-  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
-                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _hook(exp):
@@ -243,7 +238,7 @@ def test_one_and_four_devices_agree():
   cfg = tiny_config("drbml", **{"optim.reinit_every": 1, "optim.lr": 1e-3})
   runs = []
   for n in (1, 4):
-    exp = train.Experiment(cfg, mesh=_mesh(n))
+    exp = train.Experiment(cfg, mesh=data_mesh(n))
     state = _train_epoch(exp, exp.init_state(), 0)
     state, scalars = exp.run_epoch_hooks("end", 0, state)
     state = _train_epoch(exp, state, 1)  # A step on the re-initialised encoders.

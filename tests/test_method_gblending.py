@@ -16,18 +16,13 @@ import pytest
 
 from redreg_jax import config_lib, gblending, input_pipeline, methods, train
 from redreg_jax.methods import gblending as gb_method
-from tests.helpers import tiny_config
+from tests.helpers import data_mesh, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADS = ("unimodal_audio", "unimodal_visual", "multimodal")
 MEASURED = ("train_before", "train_after", "val_before", "val_after")
 # Two 1-epoch super-epochs in the 2-epoch tiny run; each copy trains 2 steps.
 TWO_STARTS = {"optim.super_epoch": 1, "optim.first_super_epoch": 1, "optim.estimate_steps": 2}
-
-
-def _mesh(n_dev):
-  return jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:n_dev])
 
 
 def _counted(exp):
@@ -51,7 +46,7 @@ def _weights(tree, heads=HEADS, prefix=""):
 
 @pytest.fixture(scope="module")
 def estimated():
-  exp = train.Experiment(tiny_config("gblending", **TWO_STARTS), mesh=_mesh(4))
+  exp = train.Experiment(tiny_config("gblending", **TWO_STARTS), mesh=data_mesh(4))
   _counted(exp)
   state = exp.init_state()
   before = jax.device_get(state)
@@ -132,7 +127,7 @@ def test_weights_fixed_between_super_epoch_starts(estimated):
 
 def test_estimate_matches_on_1_and_4_devices(estimated):
   _, _, _, _, want = estimated
-  exp = train.Experiment(tiny_config("gblending", **TWO_STARTS), mesh=_mesh(1))
+  exp = train.Experiment(tiny_config("gblending", **TWO_STARTS), mesh=data_mesh(1))
   _, got = exp.run_epoch_hooks("start", 0, exp.init_state())
   for name in MEASURED:
     np.testing.assert_allclose(_weights(got, prefix=f"gblend_{name}_"),

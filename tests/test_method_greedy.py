@@ -18,7 +18,7 @@ import pytest
 
 from redreg_jax import config_lib, input_pipeline, methods, models, train
 from redreg_jax.greedy import GreedyState
-from tests.helpers import tiny_config
+from tests.helpers import data_mesh, tiny_config
 
 MODS = ("a", "b")
 B, K = 4, 3
@@ -451,8 +451,7 @@ def test_compiles_once_and_matches_on_4_devices():
   cfg = tiny_config("greedy", **{"optim.start_epoch": 0, "optim.window": 2})
   results = []
   for n_dev in (1, 4):
-    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:n_dev])
+    mesh = data_mesh(n_dev)
     exp = train.Experiment(cfg, mesh=mesh)
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(exp.step_fn, n=1),

@@ -21,7 +21,7 @@ from redreg_jax import checkpoint as ckpt_lib
 from redreg_jax import methods, models, train
 from redreg_jax.methods import pmr as pmr_method
 from redreg_jax.pmr import PMR_PRESETS
-from tests.helpers import tiny_config
+from tests.helpers import data_mesh, tiny_config
 
 MODS = ("audio", "visual")
 
@@ -303,8 +303,7 @@ def test_no_pmr_term_gives_the_joint_gradient():
 def test_one_and_four_devices_give_the_same_losses():
   results = []
   for n_dev in (1, 4):
-    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:n_dev])
+    mesh = data_mesh(n_dev)
     # A gentle lr, as in tests/test_scale.py: at lr 0.01 a max-pool or ReLU decision
     # flipped by round-off on step 4 moved a kernel by 1e-3 (AMD EPYC Zen 4).
     e = train.Experiment(tiny_config("pmr", **{"optim.lr": 1e-3}), mesh=mesh)

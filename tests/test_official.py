@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from redreg_jax import input_pipeline, methods, train
-from tests.helpers import tiny_config
+from tests.helpers import data_mesh, tiny_config
 
 # A healthy step of these small nets has a gradient norm of ~1-60; the BatchNorm
 # pathology of a zeroed batch gives 1e3-1e5 (docs/reproducing.md).
@@ -50,21 +50,15 @@ def _train_all_seeds(exp, seeds=(0, 1)):
   return bad, worst
 
 
-def _two_device_mesh():
-  """The smoke runs' mesh: two of the 8 fake devices, still a batch-sharded step. The
-  step is one jit over the global batch (BatchNorm's statistics included), so the device
-  count changes no value beyond float reassociation (tests/test_scale.py and the
-  methods' 1-vs-4-device tests check that); the other tiny tests run on all 8. 8 fake CPU
-  devices give each of a smoke run's 48 tiny steps four times the per-device overhead of
-  2 (README, "Tests", for the suite's figures)."""
-  return jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:2])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_every_method_trains_finite_at_smoke_size(method):
-  exp = train.Experiment(_smoke_config(method, 0), mesh=_two_device_mesh())
+  # Two of the 8 fake devices: still a batch-sharded step. The step is one jit over the
+  # global batch (BatchNorm's statistics included), so the device count changes no value
+  # beyond float reassociation (tests/test_scale.py and the methods' 1-vs-4-device tests
+  # check that); on 8 fake CPU devices each of the 48 tiny steps pays the per-device
+  # overhead four times over (README, "Tests", for the suite's figures).
+  exp = train.Experiment(_smoke_config(method, 0), mesh=data_mesh(2))
   assert exp.mesh.devices.size == 2  # Still the sharded path: batch split over 2 devices.
   bad, worst = _train_all_seeds(exp)
   assert bad == 0
@@ -211,8 +205,7 @@ def test_official_presets_compile_once_and_match_on_4_devices(method):
   cfg = tiny_config(method, **{"optim.lr": 1e-3})
   results = []
   for n_dev in (1, 4):
-    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=jax.devices()[:n_dev])
+    mesh = data_mesh(n_dev)
     exp = train.Experiment(cfg, mesh=mesh)
     chex.clear_trace_counter()
     step = jax.jit(chex.assert_max_traces(exp.step_fn, n=1),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from redreg_jax import train
-from tests.helpers import tiny_config
+from tests.helpers import data_mesh, tiny_config
 
 # Regulation active from the first epochs so every observation path is exercised.
 ACTIVE = {
@@ -15,11 +15,6 @@ ACTIVE = {
                "optim.tau_min": -1.0, "optim.tau_max": -1.0},
     "inforeg": {"optim.warmup_epochs": 0, "optim.threshold_k": -1e9},
 }
-
-
-def _mesh(n):
-  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
-                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _run(exp, steps):
@@ -38,8 +33,8 @@ def _run(exp, steps):
 def test_one_and_four_devices_agree(method):
   # A gentle lr: the runs agree to float round-off, which large steps amplify.
   cfg = tiny_config(method, **{"optim.lr": 1e-3, **ACTIVE[method]})
-  one = train.Experiment(cfg, mesh=_mesh(1))
-  four = train.Experiment(cfg, dataset=one.dataset, mesh=_mesh(4))
+  one = train.Experiment(cfg, mesh=data_mesh(1))
+  four = train.Experiment(cfg, dataset=one.dataset, mesh=data_mesh(4))
   steps = 2 * one.steps_per_epoch + 2  # Crosses two epoch boundaries (anchors, traces).
   s1, m1 = _run(one, steps)
   s4, m4 = _run(four, steps)
